@@ -1,0 +1,140 @@
+"""What a network costs: FLOPs (fvcore's count), parameters and measured latency.
+
+FLOPs follow fvcore: one multiply-add is one flop; batch norm in eval mode counts two per
+element; element-wise activations and pooling count nothing. fvcore has no counter for
+``aten::lstm``, so :func:`lstm_flop_jit` adds one: ``B * T * 4H * (E + H)`` (the gate
+matrix products). :class:`FlopModel` gives the same totals from unit counts alone, fast
+enough to call inside every environment step; tests check it against fvcore.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from prune_env.structure import PrunableLayer, trace_shapes
+
+
+def lstm_flop_jit(inputs, outputs) -> int:
+    """fvcore handle for ``aten::lstm``: multiply-adds of the four gates over all steps."""
+    from fvcore.nn.jit_handles import get_shape
+
+    x_shape = get_shape(inputs[0])
+    batch_first = inputs[-1].toIValue()
+    out_shape = get_shape(outputs[0])
+    batch, steps = (x_shape[0], x_shape[1]) if batch_first else (x_shape[1], x_shape[0])
+    input_size, hidden = x_shape[2], out_shape[2]
+    return batch * steps * 4 * hidden * (input_size + hidden)
+
+
+def count_flops(model: nn.Module, example: torch.Tensor) -> int:
+    """fvcore's FLOP count of ``model`` on ``example`` (eval mode), LSTM included."""
+    from fvcore.nn import FlopCountAnalysis
+
+    was_training = model.training
+    model.eval()
+    analysis = FlopCountAnalysis(model, example).set_op_handle("aten::lstm", lstm_flop_jit)
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        total = int(analysis.total())
+    model.train(was_training)
+    return total
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@dataclass(frozen=True)
+class _ModuleCost:
+    """FLOPs of one module as ``sum(coef * cin**p * cout**q)``."""
+
+    terms: tuple[tuple[float, int, int], ...]
+    in_layer: int | None  # index (into the prunable layers) of the layer feeding its inputs
+    in_fixed: int  # inputs when no prunable layer feeds them
+    in_factor: int  # inputs per unit of in_layer (spatial size after a flatten)
+    out_layer: int | None
+    out_fixed: int
+
+
+def _terms(module: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...]):
+    """(coef, power of input units, power of output units) per module type, fvcore's rules."""
+    if isinstance(module, nn.Conv2d):
+        k = module.kernel_size[0] * module.kernel_size[1] // module.groups
+        return ((float(out_shape[1] * out_shape[2] * k), 1, 1),)
+    if isinstance(module, nn.LSTM):
+        steps = in_shape[0] if module.batch_first else in_shape[1]
+        return ((4.0 * steps, 1, 1), (4.0 * steps, 0, 2))
+    if isinstance(module, nn.Linear):
+        rows = int(np.prod(in_shape[:-1])) if len(in_shape) > 1 else 1
+        return ((float(rows), 1, 1),)
+    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        per_channel = int(np.prod(in_shape[1:])) if len(in_shape) > 1 else 1
+        return ((float(per_channel * (2 if module.affine else 1)), 1, 0),)
+    return ()
+
+
+class FlopModel:
+    """FLOPs of a sequential model as a function of the unit counts of its prunable layers."""
+
+    def __init__(self, model: nn.Sequential, layers: Sequence[PrunableLayer], example: torch.Tensor):
+        shapes = trace_shapes(model, example)
+        feeding: dict[int, tuple[int, int]] = {}  # position -> (layer index, inputs per unit)
+        for i, layer in enumerate(layers):
+            for pos in (*layer.channel_wise, layer.consumer):
+                feeding[pos] = (i, layer.features_per_unit if pos == layer.consumer else 1)
+        own = {layer.position: i for i, layer in enumerate(layers)}
+        self.units = np.array([layer.units for layer in layers], dtype=np.int64)
+        self._costs = []
+        for pos, module in enumerate(model):
+            terms = _terms(module, *shapes[pos])
+            if not terms:
+                continue
+            in_layer, factor = feeding.get(pos, (None, 1))
+            in_fixed = shapes[pos][0][-1] if isinstance(module, (nn.Linear, nn.LSTM)) else shapes[pos][0][0]
+            out_fixed = shapes[pos][1][-1] if isinstance(module, (nn.Linear, nn.LSTM)) else shapes[pos][1][0]
+            self._costs.append(_ModuleCost(terms, in_layer, in_fixed, factor, own.get(pos), out_fixed))
+        self.base = self.flops(self.units)
+
+    def flops(self, counts: Sequence[int] | np.ndarray) -> float:
+        """Total FLOPs (batch 1) when prunable layer ``i`` keeps ``counts[i]`` units."""
+        total = 0.0
+        for c in self._costs:
+            cin = c.in_fixed if c.in_layer is None else counts[c.in_layer] * c.in_factor
+            cout = c.out_fixed if c.out_layer is None else counts[c.out_layer]
+            total += sum(coef * cin**p * cout**q for coef, p, q in c.terms)
+        return total
+
+    def layer_flops(self, counts: Sequence[int] | np.ndarray) -> np.ndarray:
+        """FLOPs of each prunable layer itself (its own module) at the given counts."""
+        out = np.zeros(len(self.units))
+        for c in self._costs:
+            if c.out_layer is None:
+                continue
+            cin = c.in_fixed if c.in_layer is None else counts[c.in_layer] * c.in_factor
+            out[c.out_layer] += sum(coef * cin**p * counts[c.out_layer]**q for coef, p, q in c.terms)
+        return out
+
+
+@torch.no_grad()
+def measure_latency(model: nn.Module, example: torch.Tensor, repeats: int = 20, warmup: int = 3,
+                    bf16: bool = False) -> dict:
+    """Median wall time of a forward pass, with the batch size and thread count used."""
+    model.eval()
+    times = []
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        for i in range(warmup + repeats):
+            start = time.perf_counter()
+            model(example)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    return {"ms": 1000 * statistics.median(times), "batch_size": int(example.shape[0]),
+            "threads": torch.get_num_threads(), "repeats": repeats, "bf16": bf16}

@@ -1,0 +1,59 @@
+"""Show a target's prunable layers, FLOPs and parameters, optionally pruned uniformly.
+
+    python scripts/inspect_target.py --target vgg16_cifar10 --keep 0.5 --criterion l1 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from prune_env.cli import UsageError, add_target_arguments, run_main, target_from_args
+from prune_env.cost import count_flops, count_params
+from prune_env.importance import CRITERIA
+from prune_env.pruner import Pruner
+from prune_env.surgery import widths_of
+
+
+def describe(model, pruner: Pruner) -> dict:
+    widths = widths_of(model, pruner.layers)
+    return {
+        "layers": [{"position": layer.position, "kind": layer.kind, "units": w}
+                   for layer, w in zip(pruner.layers, widths, strict=True)],
+        "flops": count_flops(model, pruner.example),
+        "params": count_params(model),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_target_arguments(parser)
+    parser.add_argument("--keep", type=float, default=None, help="uniform keep-ratio in (0, 1]")
+    parser.add_argument("--criterion", default="l1", choices=sorted(CRITERIA))
+    parser.add_argument("--untrained", action="store_true", help="inspect a freshly initialised network")
+    parser.add_argument("--json", action="store_true", help="print JSON only")
+    args = parser.parse_args()
+    if args.keep is not None and not 0 < args.keep <= 1:
+        raise UsageError(f"--keep must be in (0, 1], got {args.keep}")
+    target = target_from_args(args)
+    model = target.build_model() if args.untrained else target.load_pretrained()
+    needs_data = args.keep is not None and args.criterion == "activation"
+    pruner = Pruner(model, target.example_input(), target.calibration_inputs(256) if needs_data else None)
+    report = {"target": target.name, **describe(model, pruner)}
+    if args.keep is not None:
+        report["pruned"] = describe(pruner.prune(args.keep, args.criterion), pruner)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"{target.name}: {report['flops']:,} FLOPs, {report['params']:,} params")
+    for i, layer in enumerate(report["layers"]):
+        after = f" -> {report['pruned']['layers'][i]['units']}" if "pruned" in report else ""
+        print(f"  layer {i:2d} ({layer['kind']:6s} at {layer['position']:2d}): {layer['units']} units{after}")
+    if "pruned" in report:
+        p = report["pruned"]
+        print(f"pruned: {p['flops']:,} FLOPs ({p['flops'] / report['flops']:.1%}), "
+              f"{p['params']:,} params ({p['params'] / report['params']:.1%})")
+
+
+if __name__ == "__main__":
+    run_main(main)

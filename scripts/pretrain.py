@@ -1,0 +1,31 @@
+"""Pretrain a target network (resumable, with a time budget).
+
+    python scripts/pretrain.py --target cnn_cifar10 [--epochs N] [--max-minutes M] [--resume] [--limit-train N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from prune_env.cli import add_target_arguments, run_main, target_from_args
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_target_arguments(parser)
+    parser.add_argument("--epochs", type=float, default=None, help="epochs (PPO chunks of 10k steps for cartpole)")
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this many minutes")
+    parser.add_argument("--resume", action="store_true", help="continue from the saved checkpoint")
+    parser.add_argument("--limit-train", type=int, default=None, help="alias of --limit: first N rows per split")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args()
+    args.limit = args.limit if args.limit is not None else args.limit_train
+    target = target_from_args(args)
+    meta = target.pretrain(epochs=args.epochs, max_minutes=args.max_minutes, resume=args.resume,
+                           show_progress=not args.quiet)
+    print(json.dumps({"checkpoint": str(target.checkpoint_path), **meta}, indent=2))
+
+
+if __name__ == "__main__":
+    run_main(main)

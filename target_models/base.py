@@ -1,0 +1,229 @@
+"""What every target offers: build, data, evaluate, fine-tune, pretrain, load."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from target_models.checkpoints import CheckpointError, atomic_save, checkpoint_path, load_checkpoint
+from target_models.data import Splits
+from target_models.training import (
+    TrainConfig,
+    TrainProgress,
+    accuracy,
+    make_optimizer,
+    predict_logits,
+    train,
+)
+
+Evaluator = Callable[[nn.Module], float]
+
+
+class Target(ABC):
+    """A pretrained network to prune, with its data and its measure of quality.
+
+    Subclasses set ``name``, ``metric_name`` (``accuracy`` or ``mean_return``) and
+    ``default_widths`` (units of every prunable layer, in order), and build the network
+    for any widths, so a pruned architecture is described by its widths alone.
+    """
+
+    name: str
+    metric_name: str
+    default_widths: tuple[int, ...]
+
+    def __init__(self, data_dir: str | Path | None = None, limit: int | None = None):
+        self.data_dir = data_dir
+        self.limit = limit
+
+    @abstractmethod
+    def build_model(self, widths: Sequence[int] | None = None) -> nn.Module:
+        """A freshly initialised network; ``widths`` defaults to ``default_widths``."""
+
+    @abstractmethod
+    def example_input(self, batch_size: int = 1) -> torch.Tensor:
+        """An input of the right shape and dtype (for tracing, FLOPs and latency)."""
+
+    @abstractmethod
+    def evaluator(self, split: str = "val", size: int | None = None) -> Evaluator:
+        """A function ``model -> metric`` on a fixed slice of ``split`` (``val`` or ``test``)."""
+
+    @abstractmethod
+    def calibration_inputs(self, n: int = 512) -> torch.Tensor:
+        """Inputs from the training split used to measure unit activations."""
+
+    @abstractmethod
+    def finetune(self, model: nn.Module, epochs: float = 1.0, seed: int = 0, show_progress: bool = False) -> None:
+        """Train a (pruned) model briefly, in place."""
+
+    @abstractmethod
+    def pretrain(
+        self,
+        epochs: float | None = None,
+        max_minutes: float | None = None,
+        resume: bool = False,
+        show_progress: bool = True,
+    ) -> dict:
+        """Train from scratch (or resume) and write the checkpoint; returns its metadata."""
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return checkpoint_path(self.name)
+
+    def pretrain_command(self) -> str:
+        """The command that makes this target's checkpoint (quoted in errors)."""
+        return f"python scripts/pretrain.py --target {self.name}"
+
+    def load_checkpoint(self) -> dict:
+        """The checkpoint dict, checked to belong to this target."""
+        ckpt = load_checkpoint(self.checkpoint_path, self.pretrain_command())
+        if ckpt["meta"].get("target") != self.name:
+            raise CheckpointError(
+                f"checkpoint {self.checkpoint_path} was made for {ckpt['meta'].get('target')!r}, "
+                f"not {self.name!r}. Make it again with: {self.pretrain_command()}"
+            )
+        return ckpt
+
+    def load_pretrained(self) -> nn.Module:
+        """The pretrained network in eval mode, with a clear error if it cannot be loaded."""
+        ckpt = self.load_checkpoint()
+        meta = ckpt["meta"]
+        model = self.build_model(meta.get("widths"))
+        try:
+            model.load_state_dict(ckpt["state_dict"])
+        except RuntimeError as exc:
+            raise CheckpointError(
+                f"checkpoint {self.checkpoint_path} does not fit the {self.name} architecture ({exc}). "
+                f"Make it again with: {self.pretrain_command()}"
+            ) from exc
+        if not meta.get("complete", False):
+            warnings.warn(
+                f"{self.checkpoint_path} is from an unfinished pretraining "
+                f"({meta.get('epochs_done')} epochs); resume it with `{self.pretrain_command()} --resume`",
+                stacklevel=2,
+            )
+        return model.eval()
+
+    def has_checkpoint(self) -> bool:
+        return self.checkpoint_path.exists()
+
+
+class SupervisedTarget(Target):
+    """A classifier trained with a supervised loss on arrays of a :class:`Splits`."""
+
+    metric_name = "accuracy"
+    train_config: TrainConfig
+    finetune_lr: float = 1e-4
+    eval_bf16: bool = False
+    """Evaluate in bfloat16 autocast (faster on CPUs with AMX, checked to agree)."""
+
+    @abstractmethod
+    def load_splits(self) -> Splits:
+        """Load (or read from cache) the data set."""
+
+    @abstractmethod
+    def to_batch(
+        self, x: np.ndarray, y: np.ndarray, augment: bool, rng: np.random.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Arrays to model-ready tensors, with training augmentation when asked."""
+
+    @cached_property
+    def data(self) -> Splits:
+        return self.load_splits()
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if logits.shape[1] == 1:
+            return F.binary_cross_entropy_with_logits(logits[:, 0].float(), y.float())
+        return F.cross_entropy(logits.float(), y)
+
+    def split_tensors(self, split: str, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"unknown split {split!r}; use 'train', 'val' or 'test'")
+        x, y = getattr(self.data, f"x_{split}"), getattr(self.data, f"y_{split}")
+        if size is not None:
+            x, y = x[:size], y[:size]
+        return self.to_batch(x, y, False, None)
+
+    def evaluator(self, split: str = "val", size: int | None = None) -> Evaluator:
+        x, y = self.split_tensors(split, size)
+
+        def evaluate(model: nn.Module) -> float:
+            return accuracy(predict_logits(model, x, bf16=self.eval_bf16), y)
+
+        return evaluate
+
+    def calibration_inputs(self, n: int = 512) -> torch.Tensor:
+        return self.split_tensors("train", n)[0]
+
+    def finetune(self, model: nn.Module, epochs: float = 1.0, seed: int = 0, show_progress: bool = False) -> None:
+        cfg = replace(self.train_config, epochs=epochs, lr=self.finetune_lr, seed=seed)
+        train(model, self.data.x_train, self.data.y_train, self.to_batch, self.loss, cfg,
+              desc=f"fine-tune {self.name}", show_progress=show_progress)
+
+    def pretrain(
+        self,
+        epochs: float | None = None,
+        max_minutes: float | None = None,
+        resume: bool = False,
+        show_progress: bool = True,
+    ) -> dict:
+        cfg = replace(self.train_config, epochs=epochs or self.train_config.epochs)
+        model = self.build_model()
+        optimizer = make_optimizer(model, cfg)
+        progress = TrainProgress()
+        path = self.checkpoint_path
+        fingerprint = self.data.fingerprint()
+        if resume and path.exists():
+            ckpt = self.load_checkpoint()
+            if ckpt["meta"].get("data_fingerprint") != fingerprint:
+                raise CheckpointError(
+                    f"{path} was trained on other data (fingerprint {ckpt['meta'].get('data_fingerprint')}, "
+                    f"now {fingerprint}); rerun without --resume to start afresh"
+                )
+            model.load_state_dict(ckpt["state_dict"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            progress = TrainProgress(**ckpt["progress"])
+            print(f"resuming {self.name} from epoch {progress.epoch}, step {progress.step} ({path})")
+        evaluate_val, evaluate_test = self.evaluator("val"), self.evaluator("test")
+        metrics: dict = {}
+
+        def save(p: TrainProgress, complete: bool = False) -> None:
+            meta = {
+                "target": self.name, "widths": list(self.default_widths), "complete": complete,
+                "epochs_done": p.epoch + p.step / max(1, -(-len(self.data.y_train) // cfg.batch_size)),
+                "epochs_planned": cfg.epochs, "metric_name": self.metric_name,
+                "data_fingerprint": fingerprint, "train_seconds": round(p.seconds, 1), **metrics,
+            }
+            atomic_save({"state_dict": model.state_dict(), "meta": meta,
+                         "optimizer": optimizer.state_dict(), "progress": p.as_dict()}, path)
+
+        def end_of_epoch(p: TrainProgress) -> None:
+            metrics.update(val_metric=evaluate_val(model), test_metric=evaluate_test(model))
+            p.history.append({"epoch": p.epoch, "seconds": round(p.seconds, 1), **metrics})
+            print(f"{self.name} epoch {p.epoch}: val {metrics['val_metric']:.4f} "
+                  f"test {metrics['test_metric']:.4f} ({p.seconds:.0f} s)")
+            save(p, complete=p.epoch >= cfg.epochs)
+
+        if progress.history:
+            metrics.update({k: progress.history[-1][k] for k in ("val_metric", "test_metric")})
+        deadline = time.time() + max_minutes * 60 if max_minutes else None
+        progress = train(model, self.data.x_train, self.data.y_train, self.to_batch, self.loss, cfg,
+                         optimizer=optimizer, progress=progress, deadline=deadline,
+                         end_of_epoch=end_of_epoch, save_state=save, desc=f"pretrain {self.name}",
+                         show_progress=show_progress)
+        steps_per_epoch = -(-len(self.data.y_train) // cfg.batch_size)
+        finished = progress.epoch * steps_per_epoch + progress.step >= round(cfg.epochs * steps_per_epoch)
+        if finished and progress.step:  # a fractional last epoch: measure and mark complete
+            metrics.update(val_metric=evaluate_val(model), test_metric=evaluate_test(model))
+        if finished:
+            save(progress, complete=True)
+        return self.load_checkpoint()["meta"]

@@ -1,0 +1,78 @@
+"""Checkpoints: where they live, atomic writes, and loading with clear errors."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+HOME_ENV = "PRUNE_ENV_HOME"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable or made for another model."""
+
+
+def home_dir() -> Path:
+    """The project's cache folder: ``$PRUNE_ENV_HOME`` or ``~/.cache/prune-env``."""
+    path = Path(os.environ.get(HOME_ENV) or Path.home() / ".cache" / "prune-env").expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def checkpoint_path(target: str) -> Path:
+    """The pretrained checkpoint of a target."""
+    folder = home_dir() / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{target}.pt"
+
+
+def _atomic_write(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file, then rename: a crash never leaves half a file."""
+    _atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """``np.savez`` written atomically."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    _atomic_write(Path(path), write)
+
+
+def load_checkpoint(path: str | os.PathLike, make_hint: str) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; errors name the file and ``make_hint``."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path}. Make it with: {make_hint}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or unreadable ({exc.__class__.__name__}: {exc}). "
+            f"Delete it and make it again with: {make_hint}"
+        ) from exc
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "meta" not in ckpt:
+        raise CheckpointError(
+            f"checkpoint {path} is not a prune-env checkpoint. Make it again with: {make_hint}"
+        )
+    return ckpt

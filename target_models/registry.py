@@ -1,0 +1,26 @@
+"""The registry of targets: ``name -> Target`` class."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from target_models.base import Target
+from target_models.cnn import CnnCifar10
+from target_models.lstm import LstmImdb
+from target_models.policy_mlp import CartPolePolicy
+from target_models.vgg import Vgg16Cifar10
+
+TARGETS: dict[str, type[Target]] = {
+    cls.name: cls for cls in (CnnCifar10, Vgg16Cifar10, LstmImdb, CartPolePolicy)
+}
+
+
+class UnknownTargetError(ValueError):
+    """A target name that is not in the registry."""
+
+
+def get_target(name: str, data_dir: str | Path | None = None, limit: int | None = None) -> Target:
+    """The target called ``name``; ``limit`` keeps only the first rows of each data split."""
+    if name not in TARGETS:
+        raise UnknownTargetError(f"unknown target {name!r}; choose one of: {', '.join(TARGETS)}")
+    return TARGETS[name](data_dir=data_dir, limit=limit)

@@ -1,0 +1,157 @@
+"""A small, resumable supervised training loop with a time budget, and evaluation."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of supervised training (pretraining and fine-tuning)."""
+
+    epochs: float = 10
+    """Passes over the training data; a fraction trains part of one pass."""
+    batch_size: int = 128
+    """Examples per optimiser step."""
+    lr: float = 1e-3
+    """Peak learning rate, decayed along a cosine to zero."""
+    optimizer: str = "adam"
+    """``adam`` or ``sgd`` (with Nesterov momentum 0.9)."""
+    weight_decay: float = 0.0
+    """L2 penalty of the optimiser."""
+    grad_clip: float | None = None
+    """Clip the gradient norm to this value when set."""
+    bf16: bool = False
+    """Use bfloat16 autocast on the CPU (faster where AMX is available)."""
+    seed: int = 0
+    """Seeds the order of examples in every epoch."""
+
+
+@dataclass
+class TrainProgress:
+    """Where training stands: restored from and written to checkpoints."""
+
+    epoch: int = 0
+    step: int = 0
+    seconds: float = 0.0
+    history: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"epoch": self.epoch, "step": self.step, "seconds": self.seconds, "history": self.history}
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimiser named in ``cfg``."""
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay
+        )
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use 'adam' or 'sgd'")
+
+
+BatchFn = Callable[[np.ndarray, np.ndarray, bool, np.random.Generator], tuple[torch.Tensor, torch.Tensor]]
+
+
+def train(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    to_batch: BatchFn,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    cfg: TrainConfig,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    progress: TrainProgress | None = None,
+    deadline: float | None = None,
+    end_of_epoch: Callable[[TrainProgress], None] | None = None,
+    save_state: Callable[[TrainProgress], None] | None = None,
+    desc: str = "train",
+    show_progress: bool = True,
+) -> TrainProgress:
+    """Train ``model`` in place on ``(x, y)``, resumable from ``progress``.
+
+    The order of examples in epoch ``e`` depends only on ``cfg.seed`` and ``e``, so a run that
+    stops mid-epoch (deadline reached, or Ctrl-C) and resumes from its saved progress sees
+    the same batches as one that never stopped. ``save_state`` is called when the run stops
+    early; ``end_of_epoch`` after every full epoch (evaluate and checkpoint there).
+    """
+    optimizer = optimizer or make_optimizer(model, cfg)
+    progress = progress or TrainProgress()
+    steps_per_epoch = math.ceil(len(y) / cfg.batch_size)
+    total_steps = max(1, int(round(cfg.epochs * steps_per_epoch)))
+    done = progress.epoch * steps_per_epoch + progress.step
+    bar = tqdm(total=total_steps, initial=done, desc=desc, unit="batch", disable=not show_progress,
+               dynamic_ncols=True, leave=False)
+    started = time.perf_counter()
+    seconds_before = progress.seconds
+    model.train()
+    try:
+        while done < total_steps:
+            order = np.random.default_rng(cfg.seed * 100_003 + progress.epoch).permutation(len(y))
+            rng = np.random.default_rng((cfg.seed, progress.epoch, progress.step))
+            while progress.step < steps_per_epoch and done < total_steps:
+                if deadline is not None and time.time() >= deadline:
+                    raise TimeoutError
+                idx = order[progress.step * cfg.batch_size:(progress.step + 1) * cfg.batch_size]
+                xb, yb = to_batch(x[idx], y[idx], True, rng)
+                lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * done / total_steps))
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                    loss = loss_fn(model(xb), yb)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                progress.step += 1
+                done += 1
+                bar.update(1)
+                bar.set_postfix(epoch=progress.epoch, loss=f"{loss.item():.3f}")
+            if progress.step >= steps_per_epoch:
+                progress.epoch += 1
+                progress.step = 0
+                progress.seconds = seconds_before + time.perf_counter() - started
+                if end_of_epoch is not None:
+                    end_of_epoch(progress)
+                    model.train()
+    except (TimeoutError, KeyboardInterrupt) as stop:
+        progress.seconds = seconds_before + time.perf_counter() - started
+        if save_state is not None:
+            save_state(progress)
+        if isinstance(stop, KeyboardInterrupt):
+            raise
+    finally:
+        bar.close()
+    progress.seconds = seconds_before + time.perf_counter() - started
+    model.eval()
+    return progress
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 500, bf16: bool = False) -> torch.Tensor:
+    """Model outputs for a whole tensor, in batches, in eval mode."""
+    was_training = model.training
+    model.eval()
+    outs = []
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        for start in range(0, len(x), batch_size):
+            outs.append(model(x[start:start + batch_size]).float())
+    model.train(was_training)
+    return torch.cat(outs)
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """Top-1 accuracy; a single output column is read as a binary logit."""
+    pred = (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
+    return (pred == y).float().mean().item()
