@@ -53,6 +53,12 @@ class Splits:
     x_test: np.ndarray
     y_test: np.ndarray
 
+    def head(self, limit: int | None) -> Splits:
+        """The first ``limit`` rows of every split (all rows when None)."""
+        if limit is None:
+            return self
+        return Splits(**{k: v[:limit] for k, v in vars(self).items()})
+
     def fingerprint(self) -> str:
         """A short hash of the labels and shapes of every split, stored in checkpoints."""
         h = hashlib.sha1()
@@ -77,7 +83,7 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
     return path
 
 
-def _load_raw_split(source: DataSource, split: str, data_dir: Path | None, limit: int | None):
+def _load_raw_split(source: DataSource, split: str, data_dir: Path | None):
     """One split as a ``datasets.Dataset``, from the local directory or from the hub."""
     import datasets
 
@@ -98,8 +104,6 @@ def _load_raw_split(source: DataSource, split: str, data_dir: Path | None, limit
                 f"could not load {source.hub_id} from the Hugging Face hub ({exc.__class__.__name__}). "
                 f"Set {DATA_DIR_ENV} (or pass --data-dir) to a local copy in the hub's parquet layout."
             ) from exc
-    if limit is not None:
-        ds = ds.select(range(min(limit, len(ds))))
     return ds
 
 
@@ -109,12 +113,12 @@ def _cache_dir() -> Path:
     return path
 
 
-def _cache_key(source: DataSource, data_dir: Path | None, limit: int | None, extra: str = "") -> str:
+def _cache_key(source: DataSource, data_dir: Path | None, extra: str = "") -> str:
     origin = "hub" if data_dir is None else str(data_dir.resolve())
     if data_dir is not None:
         for f in sorted((data_dir / source.local_subdir).glob("*.parquet")):
             origin += f":{f.name}:{f.stat().st_size}"
-    digest = hashlib.sha1(f"{origin}|{limit}|{extra}".encode()).hexdigest()[:12]
+    digest = hashlib.sha1(f"{origin}|{extra}".encode()).hexdigest()[:12]
     return f"{source.local_subdir.split('/')[0]}-{digest}"
 
 
@@ -148,22 +152,28 @@ def load_image_classification(
     val_fraction: float = 0.1,
     max_val: int = 5000,
 ) -> Splits:
-    """An image classification set (CIFAR-10, Fashion-MNIST) as uint8 NHWC arrays, cached."""
+    """An image classification set (CIFAR-10, Fashion-MNIST) as uint8 NHWC arrays, cached.
+
+    The whole set is decoded and cached once; ``limit`` keeps the first rows of each split."""
     local = resolve_data_dir(data_dir)
-    cache = _cache_dir() / f"{_cache_key(source, local, limit)}.npz"
+    cache = _cache_dir() / f"{_cache_key(source, local)}.npz"
     if cache.exists():
-        with np.load(cache) as f:
-            return Splits(**{k: f[k] for k in f.files})
+        return _read_cache(cache).head(limit)
     arrays = {}
     for split in ("train", "test"):
-        ds = _load_raw_split(source, split, local, limit)
+        ds = _load_raw_split(source, split, local)
         image_column = "img" if "img" in ds.column_names else "image"
         arrays[f"x_{split}"] = _decode_images(ds, image_column)
         arrays[f"y_{split}"] = np.asarray(ds["label"], dtype=np.int64)
     x_tr, y_tr, x_va, y_va = _carve_validation(arrays["x_train"], arrays["y_train"], val_fraction, max_val)
     splits = Splits(x_tr, y_tr, x_va, y_va, arrays["x_test"], arrays["y_test"])
     atomic_save_npz(cache, **vars(splits))
-    return splits
+    return splits.head(limit)
+
+
+def _read_cache(path: Path) -> Splits:
+    with np.load(path) as f:
+        return Splits(**{k: f[k] for k in f.files})
 
 
 _TOKEN = re.compile(r"[a-z0-9']+")
@@ -199,14 +209,15 @@ def load_text_classification(
     val_fraction: float = 0.1,
     max_val: int = 2500,
 ) -> Splits:
-    """IMDB as padded token ids; the vocabulary comes from the training part only, cached."""
+    """IMDB as padded token ids; the vocabulary comes from the training part only, cached.
+
+    ``limit`` keeps the first rows of each split; ids always use the full vocabulary."""
     local = resolve_data_dir(data_dir)
-    cache = _cache_dir() / f"{_cache_key(source, local, limit, f'{vocab_size}-{max_len}')}.npz"
+    cache = _cache_dir() / f"{_cache_key(source, local, f'{vocab_size}-{max_len}')}.npz"
     if cache.exists():
-        with np.load(cache) as f:
-            return Splits(**{k: f[k] for k in f.files})
-    train = _load_raw_split(source, "train", local, limit)
-    test = _load_raw_split(source, "test", local, limit)
+        return _read_cache(cache).head(limit)
+    train = _load_raw_split(source, "train", local)
+    test = _load_raw_split(source, "test", local)
     train_tokens = [tokenize(t) for t in train["text"]]
     y_train = np.asarray(train["label"], dtype=np.int64)
     index = np.arange(len(y_train))
@@ -219,4 +230,4 @@ def load_text_classification(
         test_ids, np.asarray(test["label"], dtype=np.int64),
     )
     atomic_save_npz(cache, **vars(splits))
-    return splits
+    return splits.head(limit)

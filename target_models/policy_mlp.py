@@ -23,7 +23,7 @@ from target_models.checkpoints import atomic_save, home_dir
 
 ENV_ID = "CartPole-v1"
 SEEDS = {"val": 10_000, "test": 0, "train": 20_000}
-EPISODES = {"val": 20, "test": 100, "train": 16}
+EPISODES = {"val": 50, "test": 100, "train": 16}
 STEPS_PER_CHUNK = 10_000
 
 

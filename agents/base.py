@@ -1,0 +1,28 @@
+"""The interface every agent shares (stable-baselines3's) and running one episode."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+from prune_env.env import PruningEnv
+
+
+class Agent(Protocol):
+    """Anything with stable-baselines3's ``predict``; learned agents add learn/save/load."""
+
+    name: str
+
+    def predict(self, observation: np.ndarray, state: Any = None, episode_start: Any = None,
+                deterministic: bool = True) -> tuple[np.ndarray, Any]: ...
+
+
+def run_episode(env: PruningEnv, agent: Agent, seed: int | None = None, deterministic: bool = True) -> dict:
+    """Play one episode; returns the final ``info["report"]`` (``env.last_model`` holds the model)."""
+    obs, _ = env.reset(seed=seed)
+    while True:
+        action, _ = agent.predict(obs, deterministic=deterministic)
+        obs, _, terminated, truncated, info = env.step(action)
+        if terminated or truncated:
+            return info["report"]

@@ -1,0 +1,161 @@
+"""Classic pruning heuristics as policies of the environment.
+
+Each plans all keep-ratios up front from the environment's statistics so that the FLOPs
+budget is met, then answers ``predict`` for whichever layer the observation describes.
+``preferred_criterion`` names the unit criterion the heuristic is defined with; scripts
+build the environment with it (L1 keeps high-magnitude units, NGF high-activation ones).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from prune_env.env import PruningEnv
+from prune_env.pruner import Pruner
+
+
+class HeuristicPolicy:
+    """A fixed plan of keep-ratios, one per layer, that meets the environment's budget."""
+
+    name = "heuristic"
+    preferred_criterion: str | None = None
+
+    def __init__(self, env: PruningEnv, seed: int = 0):
+        if env.flops_budget is None:
+            raise ValueError(f"the {self.name} heuristic needs an environment with a flops_budget")
+        self.env, self.seed = env, seed
+        self.keep_ratios = self.plan()
+
+    def plan(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict(self, observation, state=None, episode_start=None, deterministic=True):
+        layer = self.env.layer_index(observation)
+        return np.array([self.keep_ratios[layer]], dtype=np.float32), state
+
+    def _meet_budget(self, counts_at: Callable[[float], np.ndarray], lo: float, hi: float) -> np.ndarray:
+        env = self.env
+        counts = counts_meeting_budget(env, counts_at, env.flops_budget * env.flops_base, lo, hi)
+        return np.clip(counts / env.units, env.min_keep, 1.0)
+
+
+def counts_meeting_budget(env: PruningEnv, counts_at: Callable[[float], np.ndarray], budget: float,
+                          lo: float, hi: float) -> np.ndarray:
+    """Unit counts ``counts_at(x)`` (FLOPs rising with x, at least ``min_keep``) for the x
+    whose FLOPs come closest to ``budget`` from below, found by bisection."""
+
+    def counts(x: float) -> np.ndarray:
+        return np.maximum(counts_at(x), env.min_counts)
+
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if env.flop_model.flops(counts(mid)) <= budget else (lo, mid)
+    return counts(lo)
+
+
+class UniformPolicy(HeuristicPolicy):
+    """The same keep-ratio in every layer."""
+
+    name = "uniform"
+
+    def plan(self):
+        return self._meet_budget(lambda r: self.env.pruner.keep_counts(max(r, 1e-9)), self.env.min_keep, 1.0)
+
+
+def global_threshold_counts(scores: list[torch.Tensor]) -> Callable[[float], np.ndarray]:
+    """For a threshold rank x in [0, 1], units per layer whose per-layer-normalised score is
+    among the top x of all units (one global threshold across layers)."""
+    normalised = [(s.double() / max(float(s.mean()), 1e-12)).numpy() for s in scores]
+    pooled = np.sort(np.concatenate(normalised))[::-1]
+
+    def counts_at(x: float) -> np.ndarray:
+        k = max(1, int(round(x * len(pooled))))
+        threshold = pooled[k - 1]
+        return np.array([max(1, int((s >= threshold).sum())) for s in normalised])
+
+    return counts_at
+
+
+class L1Policy(HeuristicPolicy):
+    """Magnitude: one global threshold on L1 unit importance normalised per layer."""
+
+    name = "l1"
+    preferred_criterion = "l1"
+
+    def plan(self):
+        return self._meet_budget(global_threshold_counts(self.env.pruner.stats.l1), 0.0, 1.0)
+
+
+class NGFPolicy(HeuristicPolicy):
+    """NGF single-shot: one global threshold on mean activation normalised per layer."""
+
+    name = "ngf"
+    preferred_criterion = "activation"
+
+    def plan(self):
+        return self._meet_budget(global_threshold_counts(self.env.pruner.stats.activation), 0.0, 1.0)
+
+
+class RandomPolicy(HeuristicPolicy):
+    """Random keep-ratios, scaled together until they meet the budget."""
+
+    name = "random"
+
+    def plan(self):
+        env = self.env
+        base = np.random.default_rng(self.seed).uniform(env.min_keep, 1.0, env.n_layers)
+        return self._meet_budget(lambda s: env.pruner.keep_counts(np.clip(base * s, 1e-9, 1.0)), 0.0, 1.0 / base.min())
+
+
+class ScheduledNGF:
+    """NGF reached over several rounds: prune to a FLOPs target that decays polynomially
+    towards the budget, ``target_k = B + (1 - B) * (1 - k / rounds) ** power``, re-measuring
+    activations and fine-tuning briefly between rounds. Works on the environment's model,
+    target and measurement, but not as a single episode (the network changes between rounds)."""
+
+    name = "ngf_scheduled"
+    preferred_criterion = "activation"
+
+    def __init__(self, env: PruningEnv, seed: int = 0, rounds: int = 3, power: float = 3.0,
+                 finetune_epochs: float = 0.2):
+        if env.flops_budget is None:
+            raise ValueError("ngf_scheduled needs an environment with a flops_budget")
+        self.env, self.seed, self.rounds, self.power, self.finetune_epochs = env, seed, rounds, power, finetune_epochs
+        self.keep_ratios: np.ndarray | None = None
+
+    def flops_targets(self) -> list[float]:
+        b = self.env.flops_budget
+        return [b + (1 - b) * (1 - k / self.rounds) ** self.power for k in range(1, self.rounds + 1)]
+
+    def run(self) -> tuple[torch.nn.Module, dict]:
+        """Prune in rounds; returns the final model and its record (as an episode's)."""
+        env = self.env
+        model = env.model
+        counts = np.array(env.units)
+        for k, target_ratio in enumerate(self.flops_targets(), start=1):
+            pruner = Pruner(model, env.target.example_input(), env.pruner.calibration_inputs)
+            new_counts = counts_meeting_budget(env, global_threshold_counts(pruner.stats.activation),
+                                               target_ratio * env.flops_base, 0.0, 1.0)
+            model = pruner.prune_counts(new_counts, "activation")
+            counts = new_counts
+            if k < self.rounds and self.finetune_epochs > 0:
+                env.target.finetune(model, epochs=self.finetune_epochs, seed=self.seed + k)
+        self.keep_ratios = counts / env.units
+        return model, env.measure(model, env._evaluate(model), keep_counts=counts)
+
+    def predict(self, observation, state=None, episode_start=None, deterministic=True):
+        if self.keep_ratios is None:
+            raise RuntimeError("call run() first: ngf_scheduled prunes in rounds, not in one episode")
+        return np.array([self.keep_ratios[self.env.layer_index(observation)]], dtype=np.float32), state
+
+
+HEURISTICS = {cls.name: cls for cls in (UniformPolicy, L1Policy, NGFPolicy, RandomPolicy, ScheduledNGF)}
+
+
+def make_heuristic(name: str, env: PruningEnv, seed: int = 0):
+    if name not in HEURISTICS:
+        raise ValueError(f"unknown heuristic {name!r}; choose one of: {', '.join(HEURISTICS)}")
+    return HEURISTICS[name](env, seed=seed)

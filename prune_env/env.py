@@ -1,0 +1,289 @@
+"""``PruningEnv``: pruning a pretrained network, one layer per step."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import nn
+
+from prune_env.cost import count_params
+from prune_env.importance import get_criterion
+from prune_env.pruner import Pruner
+from prune_env.rewards import get_reward
+from prune_env.surgery import keep_count
+from target_models import Target, get_target
+
+N_FEATURES = 22
+KINDS = ("conv", "linear", "lstm")
+
+
+class PruningEnv(gym.Env):
+    """Prune a pretrained target network layer by layer; reward at the end.
+
+    ## Action space
+    ``Box(min_keep, 1, (1,), float32)``: the keep-ratio of the current prunable layer. It
+    becomes a unit count (at least one unit stays). With a FLOPs budget the count is
+    clamped to the range that keeps the budget reachable from above *and* below (AMC's
+    resource-constrained mode), so every policy ends within 1% of the base FLOPs of the budget (one unit of the
+    last layer is the finest step). NaN,
+    infinite, wrongly shaped or out-of-range actions raise ``ValueError``.
+
+    ## Observation space
+    ``Box(0, 1, (22,), float32)`` describing the current layer: index, type (one-hot conv,
+    linear, lstm), input and output units, kernel, stride, its FLOPs, FLOPs removed so far,
+    FLOPs of the layers still to come, previous keep-ratio (AMC's embedding); the budget
+    and the clamp range of this step; and statistics of the layer's mean activations
+    (relative size, spread, share of near-dead units, lower quartile) and weight L1 norms
+    (spread, lower quartile, relative size). All are scaled to [0, 1].
+
+    ## Rewards
+    Zero until the last step, then ``reward`` of the pruned network (``budget``,
+    ``tradeoff`` or ``log_flops``, see :mod:`prune_env.rewards`), computed from the metric
+    on a fixed validation slice of the training split (never the test split), normalised
+    to [0, 1], and the FLOPs ratio. The last ``info["report"]`` holds the episode's record
+    in the ``report.json`` schema.
+
+    ## Episode end
+    Terminates after one step per prunable layer; never truncates.
+
+    ## Arguments
+    - ``target``: a registered target name or :class:`Target`.
+    - ``flops_budget``: fraction of the base FLOPs to keep, or None for no hard budget.
+    - ``reward``: a name in :data:`prune_env.rewards.REWARDS`; ``reward_kwargs`` its options.
+    - ``criterion``: which units to keep within a layer (``l1``, ``activation``, ``random``).
+    - ``min_keep``: lowest keep-ratio of any layer.
+    - ``val_size``: validation examples (episodes for CartPole) per evaluation.
+    - ``model``: the network to prune (default: the target's pretrained checkpoint).
+    - ``data_dir``, ``limit``: passed to the target when ``target`` is a name.
+
+    The environment never edits ``model``: each episode prunes a copy.
+
+    ## Version history
+    - v0: first version.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        target: str | Target = "cartpole_policy",
+        flops_budget: float | None = 0.5,
+        reward: str = "budget",
+        criterion: str = "l1",
+        min_keep: float = 0.1,
+        val_size: int | None = None,
+        calibration_size: int = 512,
+        model: nn.Module | None = None,
+        reward_kwargs: dict | None = None,
+        data_dir: str | None = None,
+        limit: int | None = None,
+    ):
+        super().__init__()
+        self.target = get_target(target, data_dir, limit) if isinstance(target, str) else target
+        if not 0.0 < min_keep <= 1.0:
+            raise ValueError(f"min_keep must be in (0, 1], got {min_keep}")
+        if flops_budget is not None and not 0.0 < flops_budget <= 1.0:
+            raise ValueError(f"flops_budget must be in (0, 1] or None, got {flops_budget}")
+        if reward == "budget" and flops_budget is None:
+            raise ValueError("the 'budget' reward needs a flops_budget; pass one or choose 'tradeoff'/'log_flops'")
+        self.flops_budget, self.min_keep, self.criterion = flops_budget, float(min_keep), criterion
+        self.reward_name, self.reward_kwargs = reward, dict(reward_kwargs or {})
+        self._reward_fn, self._importance = get_reward(reward), get_criterion(criterion)
+        self.model = (model if model is not None else self.target.load_pretrained()).eval()
+        self.pruner = Pruner(self.model, self.target.example_input(), self.target.calibration_inputs(calibration_size))
+        self.layers, self.flop_model = self.pruner.layers, self.pruner.flop_model
+        self.n_layers = len(self.layers)
+        self.units = self.pruner.units
+        self.min_counts = np.array([keep_count(self.min_keep, u) for u in self.units])
+        self.flops_base = float(self.flop_model.base)
+        self.params_base = count_params(self.model)
+        if flops_budget is not None and self.flop_model.flops(self.min_counts) > flops_budget * self.flops_base * 1.001:
+            lowest = self.flop_model.flops(self.min_counts) / self.flops_base
+            raise ValueError(f"flops_budget {flops_budget} is below what min_keep={min_keep} allows ({lowest:.3f})")
+        self.metric_scale = 500.0 if self.target.metric_name == "mean_return" else 1.0
+        self._evaluate = self.target.evaluator("val", val_size)
+        self.metric_base = self._evaluate(self.model)
+        self._layer_flops_base = self.flop_model.layer_flops(self.units) / self.flops_base
+        self._static = self._static_features()
+        self.timings: dict[str, float] = defaultdict(float)
+        self.last_model: nn.Module | None = None
+        self.action_space = spaces.Box(self.min_keep, 1.0, shape=(1,), dtype=np.float32)
+        self.observation_space = spaces.Box(0.0, 1.0, shape=(N_FEATURES,), dtype=np.float32)
+        self._t, self._counts = 0, np.array(self.units)
+
+    # ---- Gymnasium API -------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._t = 0
+        self._counts = np.array(self.units)
+        self.last_model = None
+        return self._observation(), {"layer": 0}
+
+    def step(self, action):
+        if self._t >= self.n_layers:
+            raise RuntimeError("episode is over; call reset()")
+        ratio = self._check_action(action)
+        lo, hi = self._bounds
+        wanted = keep_count(ratio, int(self.units[self._t]))
+        self._counts[self._t] = self._clamp(wanted, lo, hi)
+        self._t += 1
+        if self._t < self.n_layers:
+            return self._observation(), 0.0, False, False, {"layer": self._t}
+        report = self._finish_episode()
+        return self._observation(), float(report["reward"]), True, False, {"layer": self._t, "report": report}
+
+    # ---- episode end -----------------------------------------------------------------
+    def _finish_episode(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        self.last_model = self.pruner.prune_counts(self._counts, self._importance, self.np_random)
+        self.timings["surgery"] += time.perf_counter() - started
+        started = time.perf_counter()
+        metric = self._evaluate(self.last_model)
+        self.timings["evaluation"] += time.perf_counter() - started
+        started = time.perf_counter()
+        record = self.measure(self.last_model, metric)
+        self.timings["flops"] += time.perf_counter() - started
+        self.timings["episodes"] += 1
+        return record
+
+    def measure(self, model: nn.Module, metric: float, keep_counts: np.ndarray | None = None) -> dict[str, Any]:
+        """The ``report.json`` fields and the reward for a pruned ``model`` with val ``metric``."""
+        counts = self._counts if keep_counts is None else keep_counts
+        flops = float(self.flop_model.flops(counts))
+        ratio = flops / self.flops_base
+        reward = self._reward_fn(metric=metric / self.metric_scale, flops_ratio=ratio, flops=flops,
+                                 **self.reward_kwargs)
+        return {
+            "target": self.target.name, "flops_budget": self.flops_budget, "reward_name": self.reward_name,
+            "criterion": self.criterion,
+            "keep_ratios": [round(int(c) / int(u), 6) for c, u in zip(counts, self.units, strict=True)],
+            "keep_counts": [int(c) for c in counts],
+            "flops_base": int(round(self.flops_base)), "flops_pruned": int(round(flops)), "flops_ratio": ratio,
+            "params_base": self.params_base, "params_pruned": count_params(model),
+            "metric_name": self.target.metric_name, "metric_base_val": self.metric_base, "metric_pruned_val": metric,
+            "reward": reward,
+        }
+
+    # ---- actions and the budget ------------------------------------------------------
+    def _check_action(self, action) -> float:
+        a = np.asarray(action, dtype=np.float64)
+        if a.size != 1 or a.ndim > 1:
+            raise ValueError(f"action must be one keep-ratio (shape () or (1,)), got shape {a.shape}")
+        value = float(a.reshape(-1)[0])
+        if not np.isfinite(value):
+            raise ValueError(f"action must be a finite keep-ratio, got {value}")
+        if not self.min_keep - 1e-6 <= value <= 1.0 + 1e-6:
+            raise ValueError(f"keep-ratio {value} is outside [min_keep={self.min_keep}, 1]")
+        return min(max(value, self.min_keep), 1.0)
+
+    def _flops_with(self, t: int, n: int, rest: np.ndarray) -> float:
+        counts = self._counts.copy()
+        counts[t] = n
+        counts[t + 1:] = rest[t + 1:]
+        return self.flop_model.flops(counts)
+
+    def _count_bounds(self, t: int) -> tuple[int, int]:
+        """Unit counts of layer ``t`` that keep the budget reachable (all counts if none)."""
+        lo_n, hi_n = int(self.min_counts[t]), int(self.units[t])
+        if self.flops_budget is None:
+            return lo_n, hi_n
+        budget = self.flops_budget * self.flops_base
+        # largest n whose most-pruned completion still fits the budget
+        hi = _largest(lo_n, hi_n, lambda n: self._flops_with(t, n, self.min_counts) <= budget)
+        # smallest n whose unpruned completion still reaches the budget
+        lo = _smallest(lo_n, hi_n, lambda n: self._flops_with(t, n, self.units) >= budget)
+        if lo <= hi:
+            return lo, hi
+        # the budget falls between two counts: take the one that lands closer to it
+        best = min((hi, lo), key=lambda n: abs(self._flops_with(t, n, self.units) - budget))
+        return best, best
+
+    @staticmethod
+    def _clamp(n: int, lo: int, hi: int) -> int:
+        return int(min(max(n, lo), hi))
+
+    # ---- observations ----------------------------------------------------------------
+    def _static_features(self) -> np.ndarray:
+        """Per-layer features that do not change within an episode."""
+        stats = self.pruner.stats
+        widest = float(max(max(layer.units, layer.in_units) for layer in self.layers))
+        layer_flops = self._layer_flops_base
+        act_means = np.array([float(a.mean()) for a in stats.activation])
+        l1_means = np.array([float(w.mean()) for w in stats.l1])
+        rows = []
+        for i, layer in enumerate(self.layers):
+            act, l1 = stats.activation[i].double(), stats.l1[i].double()
+            rows.append([
+                i / max(1, self.n_layers - 1), *(float(layer.kind == k) for k in KINDS),
+                layer.in_units / widest, layer.units / widest, layer.kernel / 7.0, layer.stride / 4.0,
+                layer_flops[i],
+                act_means[i] / max(act_means.max(), 1e-12), _spread(act), _share_below(act, 0.1),
+                _quartile(act), _spread(l1), _quartile(l1), l1_means[i] / max(l1_means.max(), 1e-12),
+            ])
+        return np.clip(np.array(rows, dtype=np.float64), 0.0, 1.0)
+
+    def _observation(self) -> np.ndarray:
+        t = min(self._t, self.n_layers - 1)
+        static = self._static[t]
+        counts_so_far = np.array(self.units)
+        counts_so_far[:self._t] = self._counts[:self._t]
+        removed = 1.0 - self.flop_model.flops(counts_so_far) / self.flops_base
+        later = self._layer_flops_base[t + 1:].sum()
+        prev = self._counts[t - 1] / self.units[t - 1] if t > 0 else 1.0
+        if self._t < self.n_layers:
+            self._bounds = self._count_bounds(t)  # step() clamps to these
+            lo, hi = self._bounds
+        else:
+            lo = hi = int(self._counts[t])
+        dynamic = [removed, later, prev, self.flops_budget or 1.0, lo / self.units[t], hi / self.units[t]]
+        obs = np.concatenate([static[:9], dynamic, static[9:]])
+        return np.clip(obs, 0.0, 1.0).astype(np.float32)
+
+    @property
+    def current_layer(self) -> int:
+        return self._t
+
+    def layer_index(self, obs: np.ndarray) -> int:
+        """The layer an observation describes (its first feature)."""
+        return int(round(float(np.asarray(obs).reshape(-1, N_FEATURES)[0, 0]) * max(1, self.n_layers - 1)))
+
+
+def _spread(x: torch.Tensor) -> float:
+    """Coefficient of variation, halved and clipped to [0, 1]."""
+    mean = float(x.mean())
+    return min(1.0, float(x.std()) / max(mean, 1e-12) / 2.0) if len(x) > 1 else 0.0
+
+
+def _share_below(x: torch.Tensor, fraction: float) -> float:
+    return float((x < fraction * x.max()).double().mean()) if float(x.max()) > 0 else 1.0
+
+
+def _quartile(x: torch.Tensor) -> float:
+    top = float(x.max())
+    return float(torch.quantile(x, 0.25)) / top if top > 0 else 0.0
+
+
+def _largest(lo: int, hi: int, ok) -> int:
+    """Largest n in [lo, hi] with ok(n) for a predicate true up to some point (lo if none)."""
+    if not ok(lo):
+        return lo
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid - 1)
+    return lo
+
+
+def _smallest(lo: int, hi: int, ok) -> int:
+    """Smallest n in [lo, hi] with ok(n) for a predicate true from some point on (hi if none)."""
+    if not ok(hi):
+        return hi
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(mid) else (mid + 1, hi)
+    return lo

@@ -1,0 +1,86 @@
+"""Final measurements of a pruned network and the ``report.json`` every script writes."""
+
+from __future__ import annotations
+
+import copy
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from prune_env.cli import write_json
+from prune_env.cost import measure_latency
+from prune_env.env import PruningEnv
+
+REPORT_KEYS = (
+    "target", "policy", "seed", "flops_budget", "keep_ratios", "flops_base", "flops_pruned", "params_base",
+    "params_pruned", "metric_name", "metric_base", "metric_pruned", "metric_finetuned", "latency_ms_base",
+    "latency_ms_pruned", "latency_batch_size", "search_seconds", "episodes",
+)
+
+
+def final_report(env: PruningEnv, model: nn.Module, record: dict, *, policy: str, seed: int,
+                 search_seconds: float, episodes: int, finetune_epochs: float = 1.0,
+                 latency_batch_size: int = 64, show_progress: bool = False) -> tuple[dict[str, Any], nn.Module]:
+    """Test-split metrics before and after fine-tuning, and latency, for a pruned ``model``.
+
+    ``record`` is the environment's episode record of ``model``. Returns the report and
+    the fine-tuned model (``model`` itself is left as it is).
+    """
+    target = env.target
+    evaluate_test = target.evaluator("test")
+    finetuned = copy.deepcopy(model)
+    if finetune_epochs > 0:
+        target.finetune(finetuned, epochs=finetune_epochs, seed=seed, show_progress=show_progress)
+    example = target.example_input(latency_batch_size)
+    base_latency = measure_latency(env.model, example)
+    pruned_latency = measure_latency(finetuned, example)
+    metric_pruned = evaluate_test(model)
+    report = {
+        "target": target.name, "policy": policy, "seed": seed, "flops_budget": env.flops_budget,
+        "keep_ratios": record["keep_ratios"], "flops_base": record["flops_base"],
+        "flops_pruned": record["flops_pruned"], "params_base": record["params_base"],
+        "params_pruned": record["params_pruned"], "metric_name": target.metric_name,
+        "metric_base": evaluate_test(env.model), "metric_pruned": metric_pruned,
+        "metric_finetuned": evaluate_test(finetuned) if finetune_epochs > 0 else metric_pruned,
+        "latency_ms_base": base_latency["ms"], "latency_ms_pruned": pruned_latency["ms"],
+        "latency_batch_size": latency_batch_size, "search_seconds": round(search_seconds, 2),
+        "episodes": episodes,
+        # beyond the common schema
+        "flops_ratio": record["flops_ratio"], "keep_counts": record["keep_counts"],
+        "criterion": record["criterion"], "reward_name": record["reward_name"],
+        "metric_base_val": record["metric_base_val"], "metric_pruned_val": record["metric_pruned_val"],
+        "finetune_epochs": finetune_epochs, "latency_threads": base_latency["threads"],
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+    }
+    return report, finetuned
+
+
+def write_report(out_dir: str | Path, report: dict, config: dict) -> Path:
+    """``out_dir/report.json`` beside ``out_dir/config.json`` (the resolved config)."""
+    out_dir = Path(out_dir)
+    write_json(out_dir / "config.json", config)
+    write_json(out_dir / "report.json", report)
+    return out_dir / "report.json"
+
+
+def format_report(report: dict) -> str:
+    """A short table of a report for the terminal."""
+    name = report["metric_name"]
+    rows = [
+        ("", "base", "pruned"),
+        ("FLOPs", f"{report['flops_base']:,}", f"{report['flops_pruned']:,} ({report['flops_pruned'] / report['flops_base']:.1%})"),
+        ("params", f"{report['params_base']:,}", f"{report['params_pruned']:,} ({report['params_pruned'] / report['params_base']:.1%})"),
+        (f"{name} (test)", f"{report['metric_base']:.4f}", f"{report['metric_pruned']:.4f}"),
+        (f"{name} fine-tuned", "", f"{report['metric_finetuned']:.4f}"),
+        (f"latency ms (batch {report['latency_batch_size']})", f"{report['latency_ms_base']:.3f}",
+         f"{report['latency_ms_pruned']:.3f}"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{report['target']} / {report['policy']} / seed {report['seed']} / budget {report['flops_budget']}"]
+    lines += [f"  {a:<{width}}  {b:>14}  {c}" for a, b, c in rows]
+    lines.append(f"  keep-ratios: {', '.join(f'{r:.2f}' for r in report['keep_ratios'])}")
+    lines.append(f"  search: {report['episodes']} episodes, {report['search_seconds']:.1f} s")
+    return "\n".join(lines)

@@ -1,0 +1,67 @@
+"""Benchmark the environment: episodes per second and where the time goes.
+
+    python scripts/bench_env.py --target cnn_cifar10 [--episodes 20] [--untrained]
+
+Runs random-action episodes at the configured budget and prints episodes/s and the share
+of episode time spent in surgery, evaluation and FLOPs/params counting. For targets that
+evaluate in bfloat16 it also prints the base metric in float32 and bfloat16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from prune_env.cli import add_target_arguments, run_main, target_from_args
+from prune_env.config import load_config
+from prune_env.env import PruningEnv
+from target_models.training import accuracy, predict_logits
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_target_arguments(parser)
+    parser.add_argument("--episodes", type=int, default=20)
+    parser.add_argument("--untrained", action="store_true", help="a fresh network instead of the checkpoint")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    target = target_from_args(args)
+    config = load_config(target.name)["env"]
+    started = time.perf_counter()
+    env = PruningEnv(target, model=target.build_model() if args.untrained else None, **config)
+    setup = time.perf_counter() - started
+    env.action_space.seed(0)
+
+    def episode(seed: int) -> None:
+        env.reset(seed=seed)
+        done = False
+        while not done:
+            _, _, done, _, _ = env.step(env.action_space.sample())
+
+    episode(-1 % 2**31)  # warm-up: first-call costs of torch are not the environment's
+    env.timings.clear()
+    started = time.perf_counter()
+    for seed in range(args.episodes):
+        episode(seed)
+    total = time.perf_counter() - started
+    t = env.timings
+    result = {
+        "target": target.name, "episodes": args.episodes, "layers": env.n_layers, "setup_seconds": round(setup, 2),
+        "episodes_per_second": round(args.episodes / total, 3),
+        "share_surgery": round(t["surgery"] / total, 3), "share_evaluation": round(t["evaluation"] / total, 3),
+        "share_flops_params": round(t["flops"] / total, 4),
+        "share_other": round(1 - (t["surgery"] + t["evaluation"] + t["flops"]) / total, 3),
+        "val_size": config.get("val_size"), "threads": torch.get_num_threads(),
+    }
+    if getattr(target, "eval_bf16", False):
+        x, y = target.split_tensors("val", config.get("val_size"))
+        result["val_metric_fp32"] = accuracy(predict_logits(env.model, x, bf16=False), y)
+        result["val_metric_bf16"] = accuracy(predict_logits(env.model, x, bf16=True), y)
+    print(json.dumps(result) if args.json else "\n".join(f"{k:22s} {v}" for k, v in result.items()))
+
+
+if __name__ == "__main__":
+    run_main(main)

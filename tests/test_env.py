@@ -1,0 +1,191 @@
+"""PruningEnv follows the Gymnasium contract, meets budgets and never edits the model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, needs_data, script_env
+from gymnasium.utils.env_checker import check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+from agents.base import run_episode
+from agents.heuristics import HEURISTICS, make_heuristic
+from prune_env import ENV_IDS, PruningEnv
+from prune_env.cost import count_flops
+from prune_env.report import REPORT_KEYS
+from target_models import get_target
+
+TINY_DATA = {"limit": 64, "val_size": 64, "calibration_size": 64}
+
+
+def tiny_env(name: str, **kwargs) -> PruningEnv:
+    torch.manual_seed(0)
+    target = get_target(name, limit=TINY_DATA["limit"] if name != "cartpole_policy" else 4)
+    options = {"val_size": TINY_DATA["val_size"] if name != "cartpole_policy" else 4,
+               "calibration_size": TINY_DATA["calibration_size"], **kwargs}
+    return PruningEnv(target, model=target.build_model(), **options)
+
+
+@pytest.fixture
+def pretrained_cartpole(isolated_home):
+    """A quickly pretrained CartPole policy in this test's home (one PPO chunk)."""
+    get_target("cartpole_policy").pretrain(epochs=1, show_progress=False)
+
+
+def _hash(model: torch.nn.Module) -> str:
+    h = hashlib.sha1()
+    for v in model.state_dict().values():
+        h.update(v.numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("name", [
+    "cartpole_policy",
+    pytest.param("cnn_cifar10", marks=needs_data),
+    pytest.param("vgg16_cifar10", marks=needs_data),
+    pytest.param("lstm_imdb", marks=needs_data),
+])
+def test_gymnasium_and_sb3_env_checkers_pass(name):
+    env = tiny_env(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the non-symmetric action space is deliberate
+        check_env(env, skip_render_check=True)
+        sb3_check_env(env, warn=False)
+
+
+def test_registered_ids_make_the_environment():
+    assert set(ENV_IDS) == {"cnn_cifar10", "vgg16_cifar10", "lstm_imdb", "cartpole_policy"}
+    target = get_target("cartpole_policy", limit=4)
+    env = gym.make(ENV_IDS["cartpole_policy"], model=target.build_model(), val_size=4, flops_budget=0.5)
+    assert isinstance(env.unwrapped, PruningEnv) and env.unwrapped.n_layers == 2
+
+
+def _play(env: PruningEnv, seed: int, actions: list[float]):
+    obs, _ = env.reset(seed=seed)
+    trajectory, rewards = [obs], []
+    for a in actions:
+        obs, reward, terminated, _, info = env.step(np.array([a], dtype=np.float32))
+        trajectory.append(obs)
+        rewards.append(reward)
+    assert terminated
+    return np.stack(trajectory), rewards, info["report"]
+
+
+def test_same_seed_same_observations_and_rewards():
+    env = tiny_env("cartpole_policy", criterion="random", flops_budget=None, reward="tradeoff")
+    actions = [0.4, 0.6]
+    obs_a, rew_a, rep_a = _play(env, 7, actions)
+    obs_b, rew_b, rep_b = _play(env, 7, actions)
+    np.testing.assert_array_equal(obs_a, obs_b)
+    assert rew_a == rew_b and rep_a == rep_b
+    assert obs_a.dtype == np.float32 and env.observation_space.contains(obs_a[0])
+
+
+@pytest.mark.parametrize("budget", [0.3, 0.5, 0.7])
+def test_any_actions_land_on_the_budget(budget):
+    env = tiny_env("cartpole_policy", flops_budget=budget)
+    for actions in ([1.0, 1.0], [0.1, 0.1], [1.0, 0.1], [0.1, 1.0], [0.55, 0.45]):
+        _, _, report = _play(env, 0, actions)
+        assert abs(report["flops_ratio"] - budget) <= 0.01, (actions, report["flops_ratio"])
+
+
+@needs_data
+def test_final_report_matches_fvcore_and_the_schema():
+    env = tiny_env("cnn_cifar10", flops_budget=0.4)
+    _, rewards, report = _play(env, 0, [0.5, 0.5, 0.5])
+    assert rewards[:-1] == [0.0, 0.0] and rewards[-1] == report["metric_pruned_val"]
+    assert report["flops_pruned"] == count_flops(env.last_model, env.pruner.example)
+    assert abs(report["flops_ratio"] - 0.4) <= 0.004
+    assert report["params_pruned"] < report["params_base"]
+    assert len(report["keep_ratios"]) == 3
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.array([np.nan]), "finite"),
+    (np.array([np.inf]), "finite"),
+    (np.array([1.5]), "outside"),
+    (np.array([0.01]), "outside"),
+    (np.array([0.5, 0.5]), "shape"),
+    (np.ones((1, 1)), "shape"),
+])
+def test_bad_actions_raise_clear_errors(bad, message):
+    env = tiny_env("cartpole_policy")
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match=message):
+        env.step(bad)
+
+
+def test_bad_arguments_raise_clear_errors():
+    target = get_target("cartpole_policy", limit=4)
+    model = target.build_model()
+    with pytest.raises(ValueError, match="flops_budget must be in"):
+        PruningEnv(target, model=model, flops_budget=1.5)
+    with pytest.raises(ValueError, match="below what min_keep"):
+        PruningEnv(target, model=model, flops_budget=0.01, min_keep=0.5)
+    with pytest.raises(ValueError, match="unknown reward"):
+        PruningEnv(target, model=model, reward="speed")
+    with pytest.raises(ValueError, match="needs a flops_budget"):
+        PruningEnv(target, model=model, flops_budget=None, reward="budget")
+
+
+def test_pretrained_weights_untouched_after_many_episodes():
+    env = tiny_env("cartpole_policy", criterion="random")
+    digest = _hash(env.model)
+    rng = np.random.default_rng(0)
+    for episode in range(12):
+        _play(env, episode, list(rng.uniform(0.1, 1.0, 2)))
+    assert _hash(env.model) == digest
+
+
+@pytest.mark.parametrize("budget", [0.3, 0.5, 0.7])
+@pytest.mark.parametrize("name", sorted(set(HEURISTICS) - {"ngf_scheduled"}))
+def test_every_heuristic_meets_the_budget(name, budget):
+    env = tiny_env("cartpole_policy", flops_budget=budget,
+                   criterion=HEURISTICS[name].preferred_criterion or "l1")
+    report = run_episode(env, make_heuristic(name, env, seed=1), seed=0)
+    assert abs(report["flops_ratio"] - budget) <= 0.01
+
+
+@needs_data
+@pytest.mark.parametrize("name", ["uniform", "l1", "ngf", "random"])
+def test_heuristics_meet_the_budget_on_the_cnn(name):
+    env = tiny_env("cnn_cifar10", flops_budget=0.3, criterion=HEURISTICS[name].preferred_criterion or "l1")
+    policy = make_heuristic(name, env)
+    report = run_episode(env, policy, seed=0)
+    assert abs(report["flops_ratio"] - 0.3) <= 0.003
+    if name == "uniform":
+        assert np.ptp(policy.keep_ratios) <= 1 / env.units.min()  # equal up to whole units
+
+
+def test_scheduled_ngf_follows_the_polynomial_and_meets_the_budget(pretrained_cartpole):
+    target = get_target("cartpole_policy", limit=4)
+    env = PruningEnv(target, flops_budget=0.4, val_size=4, calibration_size=64)
+    policy = make_heuristic("ngf_scheduled", env)
+    policy.finetune_epochs = 0.2
+    assert policy.flops_targets() == pytest.approx([0.4 + 0.6 * (1 - k / 3) ** 3 for k in (1, 2, 3)])
+    model, report = policy.run()
+    assert abs(report["flops_ratio"] - 0.4) <= 0.01
+    assert report["flops_pruned"] == count_flops(model, env.pruner.example)
+
+
+def test_evaluate_script_writes_the_report(pretrained_cartpole, isolated_home, tmp_path):
+    out = tmp_path / "eval"
+    result = subprocess.run(
+        [sys.executable, "scripts/evaluate.py", "--target", "cartpole_policy", "--policy", "l1",
+         "--flops-budget", "0.5", "--finetune-epochs", "0.2", "--val-size", "8", "--out", str(out)],
+        cwd=REPO, env=script_env(isolated_home), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert set(REPORT_KEYS) <= set(report)
+    assert report["policy"] == "l1" and report["metric_name"] == "mean_return"
+    assert abs(report["flops_pruned"] / report["flops_base"] - 0.5) <= 0.005
+    assert json.loads((out / "config.json").read_text())["env"]["flops_budget"] == 0.5
+    assert "keep-ratios" in result.stdout
