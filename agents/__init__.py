@@ -21,7 +21,7 @@ def make_policy(name_or_path: str, target: Target, env_config: dict, seed: int =
             env_config["criterion"] = preferred
         env = PruningEnv(target, **env_config)
         return env, make_heuristic(name_or_path, env, seed=seed)
-    from agents.saved import load_agent
+    from agents.search import load_agent
 
     env = PruningEnv(target, **env_config)
     return env, load_agent(name_or_path, env)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +37,15 @@ def target_from_args(args: argparse.Namespace) -> Target:
 
 
 def run_main(main: Callable[[], object]) -> None:
-    """Run a script's ``main``; known errors print one line and exit with status 2."""
+    """Run a script's ``main``; known errors print one line and exit with status 2.
+
+    SIGTERM is turned into ``KeyboardInterrupt`` so that training loops save their progress
+    on either signal."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         main()
     except (UnknownTargetError, CheckpointError, DataUnavailableError, UsageError, FileNotFoundError) as exc:

@@ -34,9 +34,9 @@ def merge(base: dict, override: dict) -> dict:
 
 def load_config(target: str, agent: str | None = None, config_file: str | Path | None = None,
                 overrides: dict | None = None) -> dict[str, Any]:
-    """``configs/<target>.yaml``, then ``configs/<agent>.yaml``, then ``config_file``, then flags."""
+    """``configs/<agent>.yaml``, then ``configs/<target>.yaml``, then ``config_file``, then flags."""
     config: dict[str, Any] = {}
-    for name in (target, agent):
+    for name in (agent, target):
         path = CONFIG_DIR / f"{name}.yaml" if name else None
         if path is not None and path.exists():
             config = merge(config, load_yaml(path))

@@ -113,7 +113,7 @@ class PruningEnv(gym.Env):
         self._static = self._static_features()
         self.timings: dict[str, float] = defaultdict(float)
         self.last_model: nn.Module | None = None
-        self.action_space = spaces.Box(self.min_keep, 1.0, shape=(1,), dtype=np.float32)
+        self.action_space = spaces.Box(np.float32(self.min_keep), np.float32(1.0), shape=(1,), dtype=np.float32)
         self.observation_space = spaces.Box(0.0, 1.0, shape=(N_FEATURES,), dtype=np.float32)
         self._t, self._counts = 0, np.array(self.units)
 

@@ -1,0 +1,45 @@
+"""Export the pruned network of a run as TorchScript and/or ONNX, checked and timed.
+
+    python scripts/export.py --run runs/NAME [--format torchscript|onnx|all]
+
+Reads RUN/pruned_model.pt and RUN/config.json, writes RUN/pruned.ts and/or RUN/pruned.onnx
+and RUN/export.json: the max absolute difference between exported and in-memory outputs
+(onnxruntime runs the ONNX file) and the latency of original and pruned at batch 1 and 64.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from prune_env.cli import run_main, write_json
+from prune_env.export import FORMATS, export_all, load_pruned
+from target_models import get_target
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, help="a run folder written by train_agent.py")
+    parser.add_argument("--format", default="all", choices=[*FORMATS, "all"])
+    parser.add_argument("--data-dir", default=None)
+    args = parser.parse_args()
+    run = Path(args.run)
+    config_path = run / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{config_path} not found; is {run} a run folder of scripts/train_agent.py?")
+    config = json.loads(config_path.read_text())
+    target = get_target(config["target"], data_dir=args.data_dir)
+    model = load_pruned(run / "pruned_model.pt", target)
+    formats = FORMATS if args.format == "all" else (args.format,)
+    result = export_all(model, target.load_pretrained(), target, run, formats)
+    write_json(run / "export.json", result)
+    for fmt, diff in result["max_abs_diff"].items():
+        print(f"{fmt:12s} {result['files'][fmt]}  max |exported - in-memory| = {diff:.3g}")
+    for batch, ms in result["latency_ms"].items():
+        print(f"latency {batch:9s} base {ms['base']:.3f} ms  pruned {ms['pruned']:.3f} ms  "
+              f"speed-up {ms['base'] / ms['pruned']:.2f}x ({result['threads']} threads)")
+
+
+if __name__ == "__main__":
+    run_main(main)

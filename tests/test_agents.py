@@ -1,0 +1,159 @@
+"""Learning agents learn, save and load, resume; exports agree with the in-memory model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, script_env
+from torch import nn
+
+from agents.base import run_episode
+from agents.search import SearchMonitor, load_agent, make_agent, restore_checkpoint, search
+from prune_env.env import PruningEnv
+from prune_env.export import export_all
+from prune_env.pruner import Pruner
+from target_models import get_target
+from target_models.base import Target
+from target_models.policy_mlp import build_policy_mlp
+
+OPTIMUM = np.array([0.85, 0.35])
+
+
+class ToyTarget(Target):
+    """A target whose metric is a known function of the kept widths: best at OPTIMUM."""
+
+    name = "toy"
+    metric_name = "accuracy"
+    default_widths = (40, 40)
+
+    def build_model(self, widths=None):
+        return build_policy_mlp(widths or self.default_widths)
+
+    def example_input(self, batch_size=1):
+        return torch.zeros(batch_size, 4)
+
+    def evaluator(self, split="val", size=None):
+        def evaluate(model: nn.Module) -> float:
+            keep = np.array([model[0].out_features, model[2].out_features]) / 40
+            return float(1.0 - np.abs(keep - OPTIMUM).mean())
+        return evaluate
+
+    def calibration_inputs(self, n=512):
+        return torch.randn(n, 4, generator=torch.Generator().manual_seed(0))
+
+    def finetune(self, model, epochs=1.0, seed=0, show_progress=False):
+        pass
+
+    def pretrain(self, epochs=None, max_minutes=None, resume=False, show_progress=True):
+        raise NotImplementedError
+
+
+def toy_env() -> PruningEnv:
+    torch.manual_seed(0)
+    target = ToyTarget()
+    return PruningEnv(target, model=target.build_model(), flops_budget=None, reward="tradeoff",
+                      reward_kwargs={"weight": 0.0}, min_keep=0.1)
+
+
+def _random_mean_reward(env: PruningEnv, episodes: int = 30) -> float:
+    rng = np.random.default_rng(0)
+    rewards = []
+    for i in range(episodes):
+        env.reset(seed=i)
+        for _ in range(env.n_layers):
+            _, reward, _, _, _ = env.step(rng.uniform(env.min_keep, 1.0, 1).astype(np.float32))
+        rewards.append(reward)
+    return float(np.mean(rewards))
+
+
+@pytest.mark.parametrize("kind, hparams, episodes", [
+    ("reinforce", {"learning_rate": 0.05, "batch_episodes": 8}, 320),
+    ("ppo", {"learning_rate": 3e-3, "n_steps": 64, "batch_size": 32}, 640),
+])
+def test_agents_learn_the_known_best_keep_ratios(kind, hparams, episodes):
+    env = toy_env()
+    baseline = _random_mean_reward(env)
+    agent = make_agent(kind, env, hparams, seed=0)
+    agent.learn(episodes)
+    report = run_episode(env, agent, seed=0, deterministic=True)
+    assert report["reward"] > baseline + 0.1, (report["keep_ratios"], baseline)
+    np.testing.assert_allclose(report["keep_ratios"], OPTIMUM, atol=0.12)
+
+
+@pytest.mark.parametrize("kind", ["reinforce", "ppo"])
+def test_save_load_round_trip_gives_the_same_actions(kind, tmp_path):
+    env = toy_env()
+    agent = make_agent(kind, env, {"n_steps": 32} if kind == "ppo" else {"batch_episodes": 4}, seed=3)
+    agent.learn(16)
+    path = tmp_path / ("agent.zip" if kind == "ppo" else "agent.pt")
+    agent.save(path)
+    loaded = load_agent(path, env)
+    assert loaded.episodes_done == agent.episodes_done == 16
+    obs, _ = env.reset(seed=0)
+    for _ in range(env.n_layers):
+        a, _ = agent.predict(obs, deterministic=True)
+        b, _ = loaded.predict(obs, deterministic=True)
+        np.testing.assert_array_equal(a, b)
+        obs, *_ = env.step(a)
+
+
+@pytest.mark.parametrize("kind", ["reinforce", "ppo"])
+def test_search_resumes_from_the_saved_episode_count(kind, tmp_path):
+    env = toy_env()
+    hparams = {"n_steps": 32} if kind == "ppo" else {"batch_episodes": 8}
+    monitor = SearchMonitor(env, show_progress=False)
+    agent = make_agent(kind, env, hparams, seed=0)
+    search(agent, env, monitor, 16, tmp_path)
+    assert monitor.episodes == 16
+    best = monitor.best_record["reward"]
+
+    resumed_monitor = SearchMonitor(env, show_progress=False)
+    resumed = restore_checkpoint(kind, env, resumed_monitor, tmp_path, env.target.build_model)
+    assert resumed.episodes_done == resumed_monitor.episodes == 16
+    assert resumed_monitor.best_record["reward"] == best
+    assert resumed_monitor.best_model(torch.zeros(1, 4)).shape == (1, 2)
+    search(resumed, env, resumed_monitor, 32, tmp_path)
+    assert resumed_monitor.episodes == resumed.episodes_done == 32
+    assert len(resumed_monitor.rewards) == 32
+
+
+def test_train_agent_script_runs_resumes_and_exports(isolated_home, tmp_path):
+    """Pretrains CartPole (a short PPO run), searches, resumes and exports."""
+    out = tmp_path / "run"
+    base = [sys.executable, "scripts/train_agent.py", "--target", "cartpole_policy", "--agent", "reinforce",
+            "--out", str(out), "--quiet", "--finetune-epochs", "0.2", "--no-export"]
+    get_target("cartpole_policy").pretrain(epochs=2, show_progress=False)
+    first = subprocess.run([*base, "--episodes", "8"], cwd=REPO, env=script_env(isolated_home),
+                           capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = subprocess.run([*base, "--episodes", "16", "--resume"], cwd=REPO, env=script_env(isolated_home),
+                            capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "at episode 8 of 16" in second.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["episodes"] == 16 and report["policy"] == "reinforce"
+    assert abs(report["flops_pruned"] / report["flops_base"] - 0.5) <= 0.01
+    assert (out / "pruned_model.pt").exists() and (out / "tensorboard").is_dir()
+    exported = subprocess.run([sys.executable, "scripts/export.py", "--run", str(out), "--format", "onnx"],
+                              cwd=REPO, env=script_env(isolated_home), capture_output=True, text=True, timeout=300)
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    result = json.loads((out / "export.json").read_text())
+    assert result["max_abs_diff"]["onnx"] < 1e-4 and set(result["latency_ms"]) == {"batch_1", "batch_64"}
+
+
+@pytest.mark.parametrize("name", ["cnn_cifar10", "vgg16_cifar10", "lstm_imdb", "cartpole_policy"])
+def test_export_parity_on_every_target(name, tmp_path):
+    target = get_target(name)
+    torch.manual_seed(0)
+    base = target.build_model().eval()
+    pruned = Pruner(base, target.example_input()).prune(0.5)
+    result = export_all(pruned, base, target, tmp_path, batch_sizes=(1,))
+    assert result["max_abs_diff"]["torchscript"] < 1e-5
+    assert result["max_abs_diff"]["onnx"] < 1e-4
+    base_bytes = sum(p.numel() for p in base.parameters()) * 4
+    assert (tmp_path / "pruned.onnx").stat().st_size < base_bytes  # physically smaller, not masked
