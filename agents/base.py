@@ -26,3 +26,13 @@ def run_episode(env: PruningEnv, agent: Agent, seed: int | None = None, determin
         obs, _, terminated, truncated, info = env.step(action)
         if terminated or truncated:
             return info["report"]
+
+
+def prune_with(env: PruningEnv, policy, seed: int = 0) -> tuple[Any, dict, int]:
+    """The pruned model, its record and the episodes it took, for any policy: one
+    deterministic episode, or the policy's own ``run()`` for those that prune in rounds."""
+    if hasattr(policy, "run"):
+        model, record = policy.run()
+        return model, record, policy.rounds
+    record = run_episode(env, policy, seed=seed)
+    return env.last_model, record, 1

@@ -13,6 +13,7 @@ import argparse
 import time
 
 from agents import make_policy
+from agents.base import prune_with
 from prune_env.cli import add_target_arguments, run_main, target_from_args
 from prune_env.config import load_config
 from prune_env.report import final_report, format_report, write_report
@@ -38,7 +39,7 @@ def main() -> None:
     started = time.perf_counter()
     env, policy = make_policy(args.policy, target, config["env"], seed=args.seed,
                               criterion_given=args.criterion is not None)
-    model, record, episodes = policy_episode(env, policy, args.seed)
+    model, record, episodes = prune_with(env, policy, args.seed)
     search_seconds = time.perf_counter() - started
     report, _ = final_report(env, model, record, policy=getattr(policy, "name", args.policy), seed=args.seed,
                              search_seconds=search_seconds, episodes=episodes,
@@ -48,17 +49,6 @@ def main() -> None:
     path = write_report(args.out, report, config)
     print(format_report(report))
     print(f"wrote {path}")
-
-
-def policy_episode(env, policy, seed: int):
-    """The pruned model, its record and the episodes it took, for any policy."""
-    from agents.base import run_episode
-
-    if hasattr(policy, "run"):  # scheduled policies prune in rounds
-        model, record = policy.run()
-        return model, record, policy.rounds
-    record = run_episode(env, policy, seed=seed)
-    return env.last_model, record, 1
 
 
 if __name__ == "__main__":

@@ -11,17 +11,13 @@ there), and writes OUT/report.json, OUT/config.json, OUT/pruned_model.pt and the
 from __future__ import annotations
 
 import argparse
-import time
 from datetime import datetime
 from pathlib import Path
 
-from agents.search import SearchMonitor, best_of, make_agent, restore_checkpoint, search
-from prune_env.cli import UsageError, add_target_arguments, run_main, target_from_args, write_json
+from agents.train import TrainRun, train_and_report
+from prune_env.cli import UsageError, add_target_arguments, run_main, target_from_args
 from prune_env.config import load_config
-from prune_env.env import PruningEnv
-from prune_env.export import export_all, save_pruned
-from prune_env.report import final_report, format_report, write_report
-from prune_env.surgery import widths_of
+from prune_env.report import format_report
 
 
 def main() -> None:
@@ -48,37 +44,9 @@ def main() -> None:
     if config["env"].get("reward") != "budget" and args.flops_budget is None:
         config["env"]["flops_budget"] = None
     out = Path(args.out or f"runs/{args.target}-{args.agent}-s{args.seed}-{datetime.now():%Y%m%d-%H%M%S}")
-    target = target_from_args(args)
-
-    if not target.has_checkpoint():
-        print(f"{target.name} has no pretrained checkpoint yet ({target.checkpoint_path}); pretraining it first.")
-        target.pretrain(show_progress=not args.quiet)
-
-    started = time.perf_counter()
-    env = PruningEnv(target, **config["env"])
-    episodes = int(config["search"]["episodes"])
-    monitor = SearchMonitor(env, out / "tensorboard", total_episodes=episodes, show_progress=not args.quiet)
-    if args.resume:
-        agent = restore_checkpoint(args.agent, env, monitor, out / "checkpoint", target.build_model)
-        print(f"resuming {out} at episode {monitor.episodes} of {episodes}")
-    else:
-        agent = make_agent(args.agent, env, config.get("agent"), seed=args.seed)
-    write_json(out / "config.json", {**config, "target": target.name, "agent": args.agent, "seed": args.seed})
-    search(agent, env, monitor, episodes, out / "checkpoint")
-    monitor.close()
-    model, record = best_of(monitor, env, agent)
-    search_seconds = monitor.elapsed() if args.resume else time.perf_counter() - started
-
-    report, finetuned = final_report(
-        env, model, record, policy=args.agent, seed=args.seed, search_seconds=search_seconds,
-        episodes=monitor.episodes, finetune_epochs=config["evaluate"]["finetune_epochs"],
-        latency_batch_size=config["evaluate"]["latency_batch_size"], show_progress=not args.quiet)
-    report["best_episode"] = record.get("episode")
-    save_pruned(out / "pruned_model.pt", finetuned, target, widths_of(finetuned, env.layers),
-                meta={"keep_ratios": report["keep_ratios"], "metric_finetuned": report["metric_finetuned"]})
-    if not args.no_export:
-        report["export"] = export_all(finetuned, env.model, target, out)
-    write_report(out, report, {**config, "target": target.name, "agent": args.agent, "seed": args.seed})
+    report = train_and_report(TrainRun(target=target_from_args(args), agent=args.agent, config=config, out=out,
+                                       seed=args.seed, resume=args.resume, export=not args.no_export,
+                                       show_progress=not args.quiet))
     print(format_report(report))
     print(f"wrote {out / 'report.json'}")
 

@@ -39,7 +39,7 @@ def build_lstm(widths: Sequence[int] = (128, 64), vocab_size: int = VOCAB_SIZE, 
 class LstmImdb(SupervisedTarget):
     name = "lstm_imdb"
     default_widths = (128, 64)
-    train_config = TrainConfig(epochs=4, batch_size=64, lr=2e-3, optimizer="adam", grad_clip=1.0)
+    train_config = TrainConfig(epochs=6, batch_size=64, lr=2e-3, optimizer="adam", grad_clip=1.0)
     finetune_lr = 3e-4
 
     def build_model(self, widths=None):

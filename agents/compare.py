@@ -1,0 +1,151 @@
+"""Learned policies against heuristics: run everything at several budgets and seeds,
+aggregate to tables and draw the Pareto plot."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from agents import HEURISTICS, make_heuristic
+from agents.base import prune_with
+from agents.train import TrainRun, train_and_report
+from prune_env.env import PruningEnv
+from prune_env.report import final_report
+from target_models import Target
+
+HEURISTIC_NAMES = ("uniform", "l1", "ngf", "ngf_scheduled", "random")
+RESULT_COLUMNS = (
+    "policy", "flops_budget", "seeds", "metric_pruned_mean", "metric_pruned_std", "metric_finetuned_mean",
+    "metric_finetuned_std", "flops_ratio", "params_ratio", "latency_ratio", "search_seconds", "episodes",
+    "first_beat_episode", "first_beat_seconds",
+)
+
+
+def run_heuristics(target: Target, config: dict, budget: float, seeds: list[int],
+                   names: tuple[str, ...] = HEURISTIC_NAMES, show_progress: bool = False) -> list[dict]:
+    """Reports of every heuristic at one budget for every seed (one environment per criterion)."""
+    envs: dict[str, PruningEnv] = {}
+    reports = []
+    for name in names:
+        criterion = HEURISTICS[name].preferred_criterion or config["env"].get("criterion", "l1")
+        if criterion not in envs:
+            envs[criterion] = PruningEnv(target, **{**config["env"], "flops_budget": budget, "criterion": criterion})
+        env = envs[criterion]
+        for seed in seeds:
+            started = time.perf_counter()
+            model, record, episodes = prune_with(env, make_heuristic(name, env, seed=seed), seed)
+            report, _ = final_report(env, model, record, policy=name, seed=seed,
+                                     search_seconds=time.perf_counter() - started, episodes=episodes,
+                                     finetune_epochs=config["evaluate"]["finetune_epochs"],
+                                     latency_batch_size=config["evaluate"]["latency_batch_size"],
+                                     show_progress=show_progress)
+            report["val_reward"] = record["reward"]
+            reports.append(report)
+            print(f"  {name:14s} budget {budget} seed {seed}: {report['metric_name']} "
+                  f"{report['metric_pruned']:.4f} -> {report['metric_finetuned']:.4f} after fine-tuning")
+    return reports
+
+
+def compare(target: Target, config: dict, budgets: list[float], seeds: list[int], out: Path,
+            heuristics: tuple[str, ...] = HEURISTIC_NAMES, train_agents: tuple[str, ...] = (),
+            agent_configs: dict[str, dict] | None = None, runs: list[Path] = (),
+            show_progress: bool = False) -> pd.DataFrame:
+    """Every heuristic (and learned agent) at every budget and seed; writes runs.csv,
+    results.csv, results.md and pareto.png under ``out``; returns the per-run table."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    for budget in budgets:
+        print(f"{target.name} at {budget:.0%} of the FLOPs")
+        heuristic_reports = run_heuristics(target, config, budget, seeds, heuristics, show_progress)
+        rows += heuristic_reports
+        reference = max((r["val_reward"] for r in heuristic_reports), default=None)
+        for kind in train_agents:
+            agent_config = (agent_configs or {}).get(kind, config)
+            for seed in seeds:
+                run_config = {**agent_config, "env": {**agent_config["env"], "flops_budget": budget}}
+                report = train_and_report(TrainRun(
+                    target=target, agent=kind, config=run_config, out=out / "runs" / f"{kind}-b{budget}-s{seed}",
+                    seed=seed, export=False, reference_reward=reference, show_progress=show_progress))
+                rows.append(report)
+                print(f"  {kind:14s} budget {budget} seed {seed}: {report['metric_pruned']:.4f} -> "
+                      f"{report['metric_finetuned']:.4f} ({report['episodes']} episodes, "
+                      f"{report['search_seconds']:.0f} s)")
+    for run in runs:
+        rows.append(json.loads((Path(run) / "report.json").read_text()))
+    table = pd.DataFrame(rows)
+    table.drop(columns=[c for c in ("export",) if c in table], errors="ignore").to_csv(out / "runs.csv", index=False)
+    results = aggregate(table)
+    results.to_csv(out / "results.csv", index=False)
+    (out / "results.md").write_text(to_markdown(results, table))
+    plot_pareto(results, table, out / "pareto.png")
+    return table
+
+
+def aggregate(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per policy and budget: means and standard deviations over seeds."""
+    t = table.copy()
+    t["flops_ratio"] = t["flops_pruned"] / t["flops_base"]
+    t["params_ratio"] = t["params_pruned"] / t["params_base"]
+    t["latency_ratio"] = t["latency_ms_pruned"] / t["latency_ms_base"]
+    beats = t["first_beats_reference"] if "first_beats_reference" in t else pd.Series([None] * len(t))
+    t["first_beat_episode"] = [b["episode"] if isinstance(b, dict) else np.nan for b in beats]
+    t["first_beat_seconds"] = [b["seconds"] if isinstance(b, dict) else np.nan for b in beats]
+    grouped = t.groupby(["policy", "flops_budget"], sort=False)
+    result = grouped.agg(
+        seeds=("seed", "count"), metric_pruned_mean=("metric_pruned", "mean"),
+        metric_pruned_std=("metric_pruned", "std"), metric_finetuned_mean=("metric_finetuned", "mean"),
+        metric_finetuned_std=("metric_finetuned", "std"), flops_ratio=("flops_ratio", "mean"),
+        params_ratio=("params_ratio", "mean"), latency_ratio=("latency_ratio", "mean"),
+        search_seconds=("search_seconds", "mean"), episodes=("episodes", "mean"),
+        first_beat_episode=("first_beat_episode", "mean"), first_beat_seconds=("first_beat_seconds", "mean"),
+    ).reset_index()
+    result[["metric_pruned_std", "metric_finetuned_std"]] = result[["metric_pruned_std", "metric_finetuned_std"]].fillna(0.0)
+    return result[list(RESULT_COLUMNS)]
+
+
+def to_markdown(results: pd.DataFrame, table: pd.DataFrame) -> str:
+    """The results table with ``mean ± std`` cells, headed by the unpruned baseline."""
+    digits = 1 if table["metric_name"].iloc[0] == "mean_return" else 4
+
+    def pm(mean: float, std: float) -> str:
+        return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+    shown = pd.DataFrame({
+        "policy": results["policy"], "FLOPs budget": results["flops_budget"], "seeds": results["seeds"],
+        "metric before FT": [pm(m, s) for m, s in zip(results["metric_pruned_mean"], results["metric_pruned_std"], strict=True)],
+        "metric after FT": [pm(m, s) for m, s in zip(results["metric_finetuned_mean"], results["metric_finetuned_std"], strict=True)],
+        "FLOPs ratio": results["flops_ratio"].round(3), "params ratio": results["params_ratio"].round(3),
+        "latency ratio": results["latency_ratio"].round(3), "search s": results["search_seconds"].round(1),
+        "episodes": results["episodes"].round(1),
+    })
+    base = table["metric_base"].mean()
+    header = (f"Target `{table['target'].iloc[0]}`, metric `{table['metric_name'].iloc[0]}` on the test split; "
+              f"unpruned: {base:.{digits}f}. Latency at batch {int(table['latency_batch_size'].iloc[0])}.\n\n")
+    return header + shown.to_markdown(index=False) + "\n"
+
+
+def plot_pareto(results: pd.DataFrame, table: pd.DataFrame, path: Path) -> None:
+    """Metric after fine-tuning against the FLOPs ratio, a line per policy, the unpruned point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for policy, rows in results.groupby("policy", sort=False):
+        rows = rows.sort_values("flops_ratio")
+        ax.errorbar(rows["flops_ratio"], rows["metric_finetuned_mean"], yerr=rows["metric_finetuned_std"],
+                    marker="o", capsize=3, label=policy)
+    ax.scatter([1.0], [table["metric_base"].mean()], marker="*", s=160, color="black", label="unpruned", zorder=5)
+    ax.set_xlabel("FLOPs ratio (pruned / unpruned)")
+    ax.set_ylabel(f"{table['metric_name'].iloc[0]} after fine-tuning (test)")
+    ax.set_title(f"{table['target'].iloc[0]}: metric against FLOPs")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

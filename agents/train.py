@@ -1,0 +1,78 @@
+"""Train a learning agent on a target and produce its measured, exported pruned network."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from agents.search import SearchMonitor, best_of, make_agent, restore_checkpoint, search
+from prune_env.cli import write_json
+from prune_env.env import PruningEnv
+from prune_env.export import export_all, save_pruned
+from prune_env.report import final_report, write_report
+from prune_env.surgery import widths_of
+from target_models import Target
+
+
+@dataclass
+class TrainRun:
+    """One training run of an agent; fields mirror ``train_agent.py``'s flags."""
+
+    target: Target
+    """The target to prune (pretrained first if it has no checkpoint)."""
+    agent: str
+    """``ppo`` or ``reinforce``."""
+    config: dict
+    """Resolved configuration: ``env``, ``agent``, ``search``, ``evaluate`` sections."""
+    out: Path
+    """Run folder: report, config, checkpoints, TensorBoard logs, exports."""
+    seed: int = 0
+    """Seeds the agent and its episodes."""
+    resume: bool = False
+    """Continue the run saved in ``out``."""
+    export: bool = True
+    """Write TorchScript and ONNX files of the pruned network."""
+    reference_reward: float | None = None
+    """Record the first episode whose reward reaches this (e.g. the best heuristic's)."""
+    show_progress: bool = True
+    """Progress bars."""
+
+
+def train_and_report(run: TrainRun) -> dict:
+    """Search, keep the best network, fine-tune, measure on the test split, save, export."""
+    target, out = run.target, Path(run.out)
+    if not target.has_checkpoint():
+        print(f"{target.name} has no pretrained checkpoint yet ({target.checkpoint_path}); pretraining it first.")
+        target.pretrain(show_progress=run.show_progress)
+    started = time.perf_counter()
+    env = PruningEnv(target, **run.config["env"])
+    episodes = int(run.config["search"]["episodes"])
+    monitor = SearchMonitor(env, out / "tensorboard", total_episodes=episodes,
+                            reference_reward=run.reference_reward, show_progress=run.show_progress)
+    if run.resume:
+        agent = restore_checkpoint(run.agent, env, monitor, out / "checkpoint", target.build_model)
+        print(f"resuming {out} at episode {monitor.episodes} of {episodes}")
+    else:
+        agent = make_agent(run.agent, env, run.config.get("agent"), seed=run.seed)
+    resolved = {**run.config, "target": target.name, "agent": run.agent, "seed": run.seed}
+    write_json(out / "config.json", resolved)
+    try:
+        search(agent, env, monitor, episodes, out / "checkpoint")
+    finally:
+        monitor.close()
+    model, record = best_of(monitor, env, agent)
+    search_seconds = monitor.elapsed() if run.resume else time.perf_counter() - started
+
+    report, finetuned = final_report(
+        env, model, record, policy=run.agent, seed=run.seed, search_seconds=search_seconds,
+        episodes=monitor.episodes, finetune_epochs=run.config["evaluate"]["finetune_epochs"],
+        latency_batch_size=run.config["evaluate"]["latency_batch_size"], show_progress=run.show_progress)
+    report["best_episode"] = record.get("episode")
+    report["first_beats_reference"] = monitor.first_beat
+    save_pruned(out / "pruned_model.pt", finetuned, target, widths_of(finetuned, env.layers),
+                meta={"keep_ratios": report["keep_ratios"], "metric_finetuned": report["metric_finetuned"]})
+    if run.export:
+        report["export"] = export_all(finetuned, env.model, target, out)
+    write_report(out, report, resolved)
+    return report

@@ -1,0 +1,42 @@
+"""compare.py writes the tables and the Pareto plot a user reads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+from conftest import REPO, script_env
+
+from agents.compare import RESULT_COLUMNS
+from target_models import get_target
+
+
+def test_compare_writes_tables_and_a_png(isolated_home, tmp_path):
+    get_target("cartpole_policy").pretrain(epochs=2, show_progress=False)
+    out = tmp_path / "cmp"
+    result = subprocess.run(
+        [sys.executable, "scripts/compare.py", "--target", "cartpole_policy", "--flops-budgets", "0.3",
+         "--seeds", "1", "--heuristics", "uniform,l1,random", "--finetune-epochs", "0.2", "--val-size", "8",
+         "--out", str(out)],
+        cwd=REPO, env=script_env(isolated_home), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = pd.read_csv(out / "results.csv")
+    assert list(results.columns) == list(RESULT_COLUMNS)
+    assert list(results["policy"]) == ["uniform", "l1", "random"]
+    assert (results["flops_budget"] == 0.3).all() and (results["seeds"] == 1).all()
+    assert ((results["flops_ratio"] - 0.3).abs() <= 0.01).all()
+    assert (results["params_ratio"] < 1).all() and (results["latency_ratio"] > 0).all()
+    runs = pd.read_csv(out / "runs.csv")
+    assert len(runs) == 3 and {"metric_pruned", "metric_finetuned", "keep_ratios"} <= set(runs.columns)
+    markdown = (out / "results.md").read_text()
+    assert "| policy" in markdown and "±" in markdown and "unpruned" in markdown
+    png = (out / "pareto.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_compare_rejects_bad_budgets(isolated_home, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "scripts/compare.py", "--target", "cartpole_policy", "--flops-budgets", "0.3,1.4",
+         "--out", str(tmp_path)], cwd=REPO, env=script_env(isolated_home), capture_output=True, text=True)
+    assert result.returncode == 2 and "--flops-budgets must lie in (0, 1]" in result.stderr
