@@ -177,6 +177,7 @@ class SupervisedTarget(Target):
         show_progress: bool = True,
     ) -> dict:
         cfg = replace(self.train_config, epochs=epochs or self.train_config.epochs)
+        torch.manual_seed(cfg.seed)
         model = self.build_model()
         optimizer = make_optimizer(model, cfg)
         progress = TrainProgress()

@@ -25,7 +25,7 @@ def build_cnn(widths: Sequence[int] = (32, 64, 512), num_classes: int = 10) -> n
 class CnnCifar10(Cifar10Target):
     name = "cnn_cifar10"
     default_widths = (32, 64, 512)
-    train_config = TrainConfig(epochs=20, batch_size=128, lr=1e-3, optimizer="adam", bf16=True)
+    train_config = TrainConfig(epochs=12, batch_size=128, lr=1e-3, optimizer="adam", bf16=True)
     eval_bf16 = True
 
     def build_model(self, widths=None):
