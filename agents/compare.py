@@ -52,10 +52,11 @@ def run_heuristics(target: Target, config: dict, budget: float, seeds: list[int]
 
 def compare(target: Target, config: dict, budgets: list[float], seeds: list[int], out: Path,
             heuristics: tuple[str, ...] = HEURISTIC_NAMES, train_agents: tuple[str, ...] = (),
-            agent_configs: dict[str, dict] | None = None, runs: list[Path] = (),
-            show_progress: bool = False) -> pd.DataFrame:
+            agent_configs: dict[str, dict] | None = None, agent_budgets: list[float] | None = None,
+            runs: list[Path] = (), show_progress: bool = False) -> pd.DataFrame:
     """Every heuristic (and learned agent) at every budget and seed; writes runs.csv,
-    results.csv, results.md and pareto.png under ``out``; returns the per-run table."""
+    results.csv, results.md and pareto.png under ``out``; returns the per-run table.
+    Agents are trained at ``agent_budgets`` (default: every budget)."""
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     for budget in budgets:
@@ -63,7 +64,7 @@ def compare(target: Target, config: dict, budgets: list[float], seeds: list[int]
         heuristic_reports = run_heuristics(target, config, budget, seeds, heuristics, show_progress)
         rows += heuristic_reports
         reference = max((r["val_reward"] for r in heuristic_reports), default=None)
-        for kind in train_agents:
+        for kind in train_agents if agent_budgets is None or budget in agent_budgets else ():
             agent_config = (agent_configs or {}).get(kind, config)
             for seed in seeds:
                 run_config = {**agent_config, "env": {**agent_config["env"], "flops_budget": budget}}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import platform
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,15 @@ def final_report(env: PruningEnv, model: nn.Module, record: dict, *, policy: str
     the fine-tuned model (``model`` itself is left as it is).
     """
     target = env.target
-    evaluate_test = target.evaluator("test")
+    cached = _test_measurements(env)
+    evaluate_test = cached["evaluate"]
     finetuned = copy.deepcopy(model)
     if finetune_epochs > 0:
         target.finetune(finetuned, epochs=finetune_epochs, seed=seed, show_progress=show_progress)
     example = target.example_input(latency_batch_size)
-    base_latency = measure_latency(env.model, example)
+    if latency_batch_size not in cached["latency"]:
+        cached["latency"][latency_batch_size] = measure_latency(env.model, example)
+    base_latency = cached["latency"][latency_batch_size]
     pruned_latency = measure_latency(finetuned, example)
     metric_pruned = evaluate_test(model)
     report = {
@@ -43,7 +47,7 @@ def final_report(env: PruningEnv, model: nn.Module, record: dict, *, policy: str
         "keep_ratios": record["keep_ratios"], "flops_base": record["flops_base"],
         "flops_pruned": record["flops_pruned"], "params_base": record["params_base"],
         "params_pruned": record["params_pruned"], "metric_name": target.metric_name,
-        "metric_base": evaluate_test(env.model), "metric_pruned": metric_pruned,
+        "metric_base": cached["metric"], "metric_pruned": metric_pruned,
         "metric_finetuned": evaluate_test(finetuned) if finetune_epochs > 0 else metric_pruned,
         "latency_ms_base": base_latency["ms"], "latency_ms_pruned": pruned_latency["ms"],
         "latency_batch_size": latency_batch_size, "search_seconds": round(search_seconds, 2),
@@ -52,10 +56,23 @@ def final_report(env: PruningEnv, model: nn.Module, record: dict, *, policy: str
         "flops_ratio": record["flops_ratio"], "keep_counts": record["keep_counts"],
         "criterion": record["criterion"], "reward_name": record["reward_name"],
         "metric_base_val": record["metric_base_val"], "metric_pruned_val": record["metric_pruned_val"],
-        "finetune_epochs": finetune_epochs, "latency_threads": base_latency["threads"],
+        "finetune_epochs": finetune_epochs, "latency_threads": pruned_latency["threads"],
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
     }
     return report, finetuned
+
+
+_TEST_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _test_measurements(env: PruningEnv) -> dict:
+    """Per environment, once: the test-split evaluator, the unpruned model's test metric
+    and its latency per batch size."""
+    cached = _TEST_CACHE.get(env)
+    if cached is None:
+        evaluate = env.target.evaluator("test")
+        cached = _TEST_CACHE[env] = {"evaluate": evaluate, "metric": evaluate(env.model), "latency": {}}
+    return cached
 
 
 def write_report(out_dir: str | Path, report: dict, config: dict) -> Path:

@@ -25,18 +25,15 @@ def main() -> None:
     parser.add_argument("--heuristics", default=",".join(HEURISTIC_NAMES))
     parser.add_argument("--runs", nargs="*", default=[], help="run folders of train_agent.py to include")
     parser.add_argument("--train-agents", default="", help="train these agents too, e.g. ppo,reinforce")
+    parser.add_argument("--agent-budgets", default=None, help="train agents only at these budgets")
     parser.add_argument("--episodes", type=int, default=None, help="search episodes of trained agents")
     parser.add_argument("--finetune-epochs", type=float, default=None)
     parser.add_argument("--val-size", type=int, default=None)
     parser.add_argument("--config", default=None)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    try:
-        budgets = [float(b) for b in args.flops_budgets.split(",") if b]
-    except ValueError as exc:
-        raise UsageError(f"--flops-budgets must be numbers separated by commas: {exc}") from exc
-    if not budgets or any(not 0 < b <= 1 for b in budgets):
-        raise UsageError("--flops-budgets must lie in (0, 1]")
+    budgets = parse_budgets(args.flops_budgets, "--flops-budgets")
+    agent_budgets = parse_budgets(args.agent_budgets, "--agent-budgets") if args.agent_budgets else None
     heuristics = tuple(h for h in args.heuristics.split(",") if h)
     unknown = set(heuristics) - set(HEURISTIC_NAMES)
     if unknown:
@@ -48,9 +45,20 @@ def main() -> None:
     agent_configs = {a: load_config(args.target, a, args.config, overrides) for a in agents}
     out = Path(args.out)
     compare(target_from_args(args), config, budgets, list(range(args.seeds)), out, heuristics=heuristics,
-            train_agents=agents, agent_configs=agent_configs, runs=[Path(r) for r in args.runs])
+            train_agents=agents, agent_configs=agent_configs, agent_budgets=agent_budgets,
+            runs=[Path(r) for r in args.runs])
     print((out / "results.md").read_text())
     print(f"wrote {out}/results.csv, results.md, runs.csv, pareto.png")
+
+
+def parse_budgets(text: str, flag: str) -> list[float]:
+    try:
+        budgets = [float(b) for b in text.split(",") if b]
+    except ValueError as exc:
+        raise UsageError(f"{flag} must be numbers separated by commas: {exc}") from exc
+    if not budgets or any(not 0 < b <= 1 for b in budgets):
+        raise UsageError(f"{flag} must lie in (0, 1]")
+    return budgets
 
 
 if __name__ == "__main__":
