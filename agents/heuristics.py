@@ -14,7 +14,9 @@ import numpy as np
 import torch
 
 from prune_env.env import PruningEnv
+from prune_env.importance import global_threshold_counts
 from prune_env.pruner import Pruner
+from prune_env.schedules import polynomial_decay
 
 
 class HeuristicPolicy:
@@ -65,20 +67,6 @@ class UniformPolicy(HeuristicPolicy):
         return self._meet_budget(lambda r: self.env.pruner.keep_counts(max(r, 1e-9)), self.env.min_keep, 1.0)
 
 
-def global_threshold_counts(scores: list[torch.Tensor]) -> Callable[[float], np.ndarray]:
-    """For a threshold rank x in [0, 1], units per layer whose per-layer-normalised score is
-    among the top x of all units (one global threshold across layers)."""
-    normalised = [(s.double() / max(float(s.mean()), 1e-12)).numpy() for s in scores]
-    pooled = np.sort(np.concatenate(normalised))[::-1]
-
-    def counts_at(x: float) -> np.ndarray:
-        k = max(1, int(round(x * len(pooled))))
-        threshold = pooled[k - 1]
-        return np.array([max(1, int((s >= threshold).sum())) for s in normalised])
-
-    return counts_at
-
-
 class L1Policy(HeuristicPolicy):
     """Magnitude: one global threshold on L1 unit importance normalised per layer."""
 
@@ -127,8 +115,8 @@ class ScheduledNGF:
         self.keep_ratios: np.ndarray | None = None
 
     def flops_targets(self) -> list[float]:
-        b = self.env.flops_budget
-        return [b + (1 - b) * (1 - k / self.rounds) ** self.power for k in range(1, self.rounds + 1)]
+        return [polynomial_decay(1.0, self.env.flops_budget, k / self.rounds, self.power)
+                for k in range(1, self.rounds + 1)]
 
     def run(self) -> tuple[torch.nn.Module, dict]:
         """Prune in rounds; returns the final model and its record (as an episode's)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -54,3 +55,17 @@ def get_criterion(name: str) -> Importance:
     if name not in CRITERIA:
         raise ValueError(f"unknown criterion {name!r}; choose one of: {', '.join(CRITERIA)}")
     return CRITERIA[name]()
+
+
+def global_threshold_counts(scores: list[torch.Tensor]) -> Callable[[float], np.ndarray]:
+    """For a threshold rank x in [0, 1], units per layer whose per-layer-normalised score is
+    among the top x of all units (one global threshold across layers)."""
+    normalised = [(s.double() / max(float(s.mean()), 1e-12)).numpy() for s in scores]
+    pooled = np.sort(np.concatenate(normalised))[::-1]
+
+    def counts_at(x: float) -> np.ndarray:
+        k = max(1, int(round(x * len(pooled))))
+        threshold = pooled[k - 1]
+        return np.array([max(1, int((s >= threshold).sum())) for s in normalised])
+
+    return counts_at

@@ -57,34 +57,55 @@ class LayerStats:
     l1: list[torch.Tensor]
 
 
-@torch.no_grad()
-def collect_stats(model: nn.Sequential, layers: Sequence[PrunableLayer], inputs: torch.Tensor,
-                  batch_size: int = 256) -> LayerStats:
-    """Mean absolute activation per unit over ``inputs`` and L1 norm of each unit's weights."""
-    sums = [torch.zeros(layer.units, dtype=torch.float64) for layer in layers]
-    counts = [0] * len(layers)
+class ActivationTracker:
+    """Running mean absolute activation per unit of each prunable layer, from forward hooks
+    on the layers' activation modules; collects while attached, during training too."""
 
-    def hook_for(i: int):
+    def __init__(self, model: nn.Sequential, layers: Sequence[PrunableLayer]):
+        self.sums = [torch.zeros(layer.units, dtype=torch.float64) for layer in layers]
+        self.counts = [0] * len(layers)
+        self._handles = [model[layer.activation_position].register_forward_hook(self._hook(i))
+                         for i, layer in enumerate(layers)]
+
+    def _hook(self, i: int):
         def hook(_module, _inputs, output):
             out = output[0] if isinstance(output, tuple) else output
             a = out.detach().abs().double()
             unit_dim = 1 if a.dim() == 4 else a.dim() - 1  # NCHW, or units last
-            reduce = [d for d in range(a.dim()) if d != unit_dim]
-            sums[i] += a.sum(dim=reduce)
-            counts[i] += a.numel() // a.shape[unit_dim]
+            self.sums[i] += a.sum(dim=[d for d in range(a.dim()) if d != unit_dim])
+            self.counts[i] += a.numel() // a.shape[unit_dim]
         return hook
 
-    handles = [model[layer.activation_position].register_forward_hook(hook_for(i))
-               for i, layer in enumerate(layers)]
+    def means(self) -> list[torch.Tensor]:
+        return [(s / max(c, 1)).float() for s, c in zip(self.sums, self.counts, strict=True)]
+
+    def reset(self) -> None:
+        for s in self.sums:
+            s.zero_()
+        self.counts = [0] * len(self.counts)
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+def unit_l1_norms(model: nn.Sequential, layers: Sequence[PrunableLayer]) -> list[torch.Tensor]:
+    """L1 norm of the weights that produce each unit of each prunable layer."""
+    return [unit_weight_rows(model[layer.position]).abs().sum(1) for layer in layers]
+
+
+@torch.no_grad()
+def collect_stats(model: nn.Sequential, layers: Sequence[PrunableLayer], inputs: torch.Tensor,
+                  batch_size: int = 256) -> LayerStats:
+    """Mean absolute activation per unit over ``inputs`` and L1 norm of each unit's weights."""
+    tracker = ActivationTracker(model, layers)
     was_training = model.training
     model.eval()
     try:
         for start in range(0, len(inputs), batch_size):
             model(inputs[start:start + batch_size])
     finally:
-        for h in handles:
-            h.remove()
+        tracker.remove()
         model.train(was_training)
-    activation = [(s / max(c, 1)).float() for s, c in zip(sums, counts, strict=True)]
-    l1 = [unit_weight_rows(model[layer.position]).abs().sum(1) for layer in layers]
-    return LayerStats(activation=activation, l1=l1)
+    return LayerStats(activation=tracker.means(), l1=unit_l1_norms(model, layers))

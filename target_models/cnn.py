@@ -10,14 +10,16 @@ from target_models.cifar import Cifar10Target
 from target_models.training import TrainConfig
 
 
-def build_cnn(widths: Sequence[int] = (32, 64, 512), num_classes: int = 10) -> nn.Sequential:
-    """3x3 convolutions with padding 1, so the dense layer sees 16x16 maps after pooling."""
+def build_cnn(widths: Sequence[int] = (32, 64, 512), num_classes: int = 10, in_channels: int = 3,
+              image_size: int = 32) -> nn.Sequential:
+    """3x3 convolutions with padding 1, so the dense layer sees (size/2)^2 maps after pooling."""
     c1, c2, dense = widths
+    side = image_size // 2
     return nn.Sequential(
-        nn.Conv2d(3, c1, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(in_channels, c1, 3, padding=1), nn.ReLU(),
         nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(),
         nn.MaxPool2d(2), nn.Dropout(0.25), nn.Flatten(),
-        nn.Linear(c2 * 16 * 16, dense), nn.ReLU(), nn.Dropout(0.5),
+        nn.Linear(c2 * side * side, dense), nn.ReLU(), nn.Dropout(0.5),
         nn.Linear(dense, num_classes),
     )
 

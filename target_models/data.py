@@ -36,6 +36,7 @@ class DataSource:
 CIFAR10 = DataSource("uoft-cs/cifar10", "cifar10/plain_text")
 IMDB = DataSource("stanfordnlp/imdb", "imdb/plain_text")
 FASHION_MNIST = DataSource("zalando-datasets/fashion_mnist", "fashion_mnist/fashion_mnist")
+MNIST = DataSource("ylecun/mnist", "mnist/mnist")
 
 
 class DataUnavailableError(RuntimeError):
@@ -131,12 +132,14 @@ def _carve_validation(x: np.ndarray, y: np.ndarray, val_fraction: float, max_val
 
 
 def _decode_images(ds, column: str) -> np.ndarray:
-    """Decode an image column to a uint8 array (N, H, W, C)."""
+    """Decode an image column to a uint8 array (N, H, W, C), keeping grayscale as one channel."""
     from PIL import Image
 
     raw = ds.cast_column(column, _image_feature(decode=False))[column]
-    images = [np.asarray(Image.open(io.BytesIO(item["bytes"])).convert("RGB")) for item in raw]
-    return np.stack(images).astype(np.uint8)
+    images = [Image.open(io.BytesIO(item["bytes"])) for item in raw]
+    mode = "L" if images and images[0].mode in ("L", "1", "I;16") else "RGB"
+    arrays = np.stack([np.asarray(im.convert(mode)) for im in images]).astype(np.uint8)
+    return arrays[..., None] if mode == "L" else arrays
 
 
 def _image_feature(decode: bool):

@@ -94,7 +94,7 @@ class CartPolePolicy(Target):
             with torch.no_grad():
                 target = teacher(x).argmax(1)
             model.train()
-            for _ in range(20):
+            for _ in range(5):
                 for idx in torch.randperm(len(x)).split(256):
                     loss = F.cross_entropy(model(x[idx]), target[idx])
                     optimizer.zero_grad()

@@ -33,6 +33,8 @@ class TrainConfig:
     """Use bfloat16 autocast on the CPU (faster where AMX is available)."""
     seed: int = 0
     """Seeds the order of examples in every epoch."""
+    schedule: str = "cosine"
+    """``cosine`` decay over the run, or ``constant``."""
 
 
 @dataclass
@@ -43,9 +45,16 @@ class TrainProgress:
     step: int = 0
     seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
+    loss_sum: float = 0.0
+    loss_steps: int = 0
 
     def as_dict(self) -> dict:
-        return {"epoch": self.epoch, "step": self.step, "seconds": self.seconds, "history": self.history}
+        return {"epoch": self.epoch, "step": self.step, "seconds": self.seconds, "history": self.history,
+                "loss_sum": self.loss_sum, "loss_steps": self.loss_steps}
+
+    def mean_loss(self) -> float:
+        """Mean training loss over the steps this progress has seen."""
+        return self.loss_sum / max(1, self.loss_steps)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -104,7 +113,7 @@ def train(
                     raise TimeoutError
                 idx = order[progress.step * cfg.batch_size:(progress.step + 1) * cfg.batch_size]
                 xb, yb = to_batch(x[idx], y[idx], True, rng)
-                lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * done / total_steps))
+                lr = cfg.lr if cfg.schedule == "constant" else cfg.lr * 0.5 * (1 + math.cos(math.pi * done / total_steps))
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
@@ -114,6 +123,8 @@ def train(
                 if cfg.grad_clip is not None:
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()
+                progress.loss_sum += loss.item()
+                progress.loss_steps += 1
                 progress.step += 1
                 done += 1
                 bar.update(1)

@@ -144,6 +144,13 @@ def test_train_agent_script_runs_resumes_and_exports(isolated_home, tmp_path):
     assert exported.returncode == 0, exported.stderr[-2000:]
     result = json.loads((out / "export.json").read_text())
     assert result["max_abs_diff"]["onnx"] < 1e-4 and set(result["latency_ms"]) == {"batch_1", "batch_64"}
+    evaluated = subprocess.run(
+        [sys.executable, "scripts/evaluate.py", "--target", "cartpole_policy", "--policy", str(out),
+         "--flops-budget", "0.5", "--finetune-epochs", "0", "--val-size", "8", "--out", str(tmp_path / "ev")],
+        cwd=REPO, env=script_env(isolated_home), capture_output=True, text=True, timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    saved_agent = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert saved_agent["policy"] == "reinforce" and saved_agent["metric_finetuned"] == saved_agent["metric_pruned"]
 
 
 @pytest.mark.parametrize("name", ["cnn_cifar10", "vgg16_cifar10", "lstm_imdb", "cartpole_policy"])
