@@ -95,16 +95,16 @@ def test_pruned_units_stay_pruned_and_export_is_smaller_with_same_outputs(build)
     _train_periods(model, pruner, 1)
     _train_periods(model, pruner, 3, start=1)  # three more periods of training after pruning
     x, _ = _data(16, seed=1)
-    for i, layer in enumerate(pruner.layers):  # masked units output exactly zero
-        outputs = {}
-        handle = model[layer.activation_position].register_forward_hook(lambda m, i_, o: outputs.setdefault("a", o))
-        model.eval()
-        model(x)
-        handle.remove()
+    outputs: dict[int, torch.Tensor] = {}
+    handles = [model[layer.activation_position].register_forward_hook(
+        lambda m, i_, o, i=i: outputs.setdefault(i, o)) for i, layer in enumerate(pruner.layers)]
+    model.eval()
+    model(x)
+    for h in handles:
+        h.remove()
+    for i in range(len(pruner.layers)):  # masked units output exactly zero
         dead = ~pruner.masks.keep[i]
-        assert dead.any()
-        a = outputs["a"]
-        assert (a[:, dead] == 0).all()
+        assert dead.any() and (outputs[i][:, dead] == 0).all()
     exported = pruner.export()
     assert count_params(exported) < count_params(model)
     torch.testing.assert_close(exported(x), model.eval()(x), rtol=1e-5, atol=1e-5)
