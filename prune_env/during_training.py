@@ -82,6 +82,10 @@ class TrainingPruner:
     def end_period(self, t: int) -> None:
         """Called after training period ``t``."""
 
+    def last_pruning_period(self) -> int:
+        """The last period after which this pruner prunes (-1: never); no early stop before it."""
+        return -1
+
     def export(self) -> nn.Module:
         """The model to save: physically smaller where units were removed."""
         return copy.deepcopy(self.model).eval()
@@ -137,6 +141,9 @@ class NGFPruner(_StructuredPruner):
             raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
         self.critical_start, self.critical_duration, self.keep_fraction = critical_start, critical_duration, keep_fraction
 
+    def last_pruning_period(self):
+        return self.critical_start + self.critical_duration - 1
+
     def begin_period(self, t):
         if t == self.critical_start:
             self._track()
@@ -166,6 +173,9 @@ class ScheduledNGFPruner(_StructuredPruner):
         """The scheduled keep fraction after period ``t``."""
         return polynomial_decay(self.initial_keep, self.final_keep, (t - self.start) / (self.end - self.start),
                                 self.power)
+
+    def last_pruning_period(self):
+        return self.end
 
     def begin_period(self, t):
         if t >= self.start:
@@ -198,6 +208,9 @@ class MagnitudePruner(TrainingPruner):
 
     def _weighted(self, model: nn.Module) -> list[nn.Module]:
         return [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+    def last_pruning_period(self):
+        return self.apply_at
 
     def end_period(self, t):
         if t != self.apply_at:

@@ -96,7 +96,7 @@ def train_supervised(cfg: SupervisedConfig, pruner: TrainingPruner, show_progres
         history.append({"epoch": epoch + 1, "loss": progress.mean_loss(), "val_accuracy": val,
                         "params": pruner.params_after()})
         best, since_best = (val, 0) if val > best else (best, since_best + 1)
-        if since_best >= cfg.patience and not pruner_pending(pruner, epoch):
+        if since_best >= cfg.patience and epoch >= pruner.last_pruning_period():
             break
     seconds = time.perf_counter() - started
     exported = pruner.export()
@@ -109,18 +109,6 @@ def train_supervised(cfg: SupervisedConfig, pruner: TrainingPruner, show_progres
         "pruning_rate": pruner.pruning_rate(), "pruned_at": pruner.pruned_at, "training_seconds": round(seconds, 2),
     }
     return results, exported
-
-
-def pruner_pending(pruner: TrainingPruner, period: int) -> bool:
-    """Whether the pruner still has pruning to do after ``period`` (no early stop before)."""
-    last = getattr(pruner, "critical_start", None)
-    if last is not None:
-        return period + 1 < pruner.critical_start + pruner.critical_duration
-    if hasattr(pruner, "end"):
-        return period < pruner.end
-    if hasattr(pruner, "apply_at"):
-        return period < pruner.apply_at
-    return False
 
 
 @dataclass
