@@ -1,0 +1,90 @@
+"""Does a FLOPs cut give a real speed-up? Latency of pruned against original networks.
+
+    python scripts/bench_latency.py --target vgg16_cifar10 [--flops-budgets 0.3,0.5,0.7] [--untrained]
+
+Prunes the target with the uniform heuristic at each budget, exports it (ONNX, checked
+against the in-memory model) and times original and pruned at batch 1 and 64 in PyTorch
+(eager, fp32) and in onnxruntime; prints one row per budget and engine with the FLOPs ratio
+beside the measured speed-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from agents.base import run_episode
+from agents.heuristics import UniformPolicy
+from prune_env.cli import add_target_arguments, run_main, target_from_args
+from prune_env.cost import measure_latency
+from prune_env.env import PruningEnv
+from prune_env.export import export_onnx
+
+
+def onnx_latency(path: Path, example: torch.Tensor, repeats: int = 20, warmup: int = 3) -> float:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {"input": example.numpy()}
+    times = []
+    for i in range(warmup + repeats):
+        start = time.perf_counter()
+        session.run(None, feed)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_target_arguments(parser)
+    parser.add_argument("--flops-budgets", default="0.3,0.5,0.7")
+    parser.add_argument("--batch-sizes", default="1,64")
+    parser.add_argument("--untrained", action="store_true", help="time a fresh network (no checkpoint needed)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    target = target_from_args(args)
+    model = target.build_model().eval() if args.untrained else target.load_pretrained()
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        base_onnx = Path(tmp) / "base.onnx"
+        export_onnx(model, target.example_input(2), base_onnx)
+        for budget in [float(b) for b in args.flops_budgets.split(",")]:
+            env = PruningEnv(target, model=model, flops_budget=budget, val_size=8, calibration_size=64)
+            record = run_episode(env, UniformPolicy(env))
+            pruned_onnx = Path(tmp) / f"pruned-{budget}.onnx"
+            diff = export_onnx(env.last_model, target.example_input(2), pruned_onnx)
+            for batch in batches:
+                x = target.example_input(batch)
+                torch_base, torch_pruned = measure_latency(model, x)["ms"], measure_latency(env.last_model, x)["ms"]
+                ort_base, ort_pruned = onnx_latency(base_onnx, x), onnx_latency(pruned_onnx, x)
+                for engine, base_ms, pruned_ms in (("torch", torch_base, torch_pruned),
+                                                   ("onnxruntime", ort_base, ort_pruned)):
+                    rows.append({"target": target.name, "flops_ratio": round(record["flops_ratio"], 4),
+                                 "params_ratio": round(record["params_pruned"] / record["params_base"], 4),
+                                 "engine": engine, "batch": batch, "base_ms": round(base_ms, 3),
+                                 "pruned_ms": round(pruned_ms, 3), "speedup": round(base_ms / pruned_ms, 2),
+                                 "flops_speedup": round(1 / record["flops_ratio"], 2), "onnx_max_abs_diff": diff,
+                                 "threads": torch.get_num_threads()})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"{'FLOPs':>6} {'engine':>12} {'batch':>5} {'base ms':>9} {'pruned ms':>9} {'speed-up':>8} {'1/FLOPs':>8}")
+    for r in rows:
+        print(f"{r['flops_ratio']:6.3f} {r['engine']:>12} {r['batch']:5d} {r['base_ms']:9.3f} {r['pruned_ms']:9.3f} "
+              f"{r['speedup']:7.2f}x {r['flops_speedup']:7.2f}x")
+    print(f"({rows[0]['threads']} threads; ONNX outputs within {max(r['onnx_max_abs_diff'] for r in rows):.2g} "
+          "of PyTorch)")
+
+
+if __name__ == "__main__":
+    run_main(main)
