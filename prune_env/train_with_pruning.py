@@ -95,8 +95,11 @@ def train_supervised(cfg: SupervisedConfig, pruner: TrainingPruner, show_progres
         val = accuracy(predict_logits(model, x_val), y_val)
         history.append({"epoch": epoch + 1, "loss": progress.mean_loss(), "val_accuracy": val,
                         "params": pruner.params_after()})
-        best, since_best = (val, 0) if val > best else (best, since_best + 1)
-        if since_best >= cfg.patience and epoch >= pruner.last_pruning_period():
+        if pruner.pruned_at and pruner.pruned_at[-1] == epoch:
+            best, since_best = val, 0  # patience counts from the network as pruned now
+        else:
+            best, since_best = (val, 0) if val > best else (best, since_best + 1)
+        if since_best >= cfg.patience and epoch > pruner.last_pruning_period():
             break
     seconds = time.perf_counter() - started
     exported = pruner.export()
