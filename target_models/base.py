@@ -203,6 +203,7 @@ class SupervisedTarget(Target):
                 "epochs_done": p.epoch + p.step / max(1, -(-len(self.data.y_train) // cfg.batch_size)),
                 "epochs_planned": cfg.epochs, "metric_name": self.metric_name,
                 "data_fingerprint": fingerprint, "train_seconds": round(p.seconds, 1), **metrics,
+                "metrics_at_epoch": p.history[-1]["epoch"] if p.history else None,
             }
             atomic_save({"state_dict": model.state_dict(), "meta": meta,
                          "optimizer": optimizer.state_dict(), "progress": p.as_dict()}, path)
