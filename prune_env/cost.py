@@ -53,6 +53,11 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def count_nonzero_params(model: nn.Module) -> int:
+    """Parameters that are not zero: what unstructured pruning leaves."""
+    return sum(int((p != 0).sum()) for p in model.parameters())
+
+
 @dataclass(frozen=True)
 class _ModuleCost:
     """FLOPs of one module as ``sum(coef * cin**p * cout**q)``."""

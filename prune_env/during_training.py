@@ -14,7 +14,7 @@ import copy
 import torch
 from torch import nn
 
-from prune_env.cost import count_params
+from prune_env.cost import count_nonzero_params, count_params
 from prune_env.importance import global_threshold_counts
 from prune_env.schedules import polynomial_decay
 from prune_env.stats import ActivationTracker
@@ -67,12 +67,13 @@ class TrainingPruner:
 
     def __init__(self) -> None:
         self.model: nn.Sequential | None = None
+        self.example: torch.Tensor | None = None
         self.layers: list[PrunableLayer] = []
         self.pruned_at: list[int] = []
         self.params_before = 0
 
     def attach(self, model: nn.Sequential, example: torch.Tensor) -> None:
-        self.model = model
+        self.model, self.example = model, example
         self.layers = find_prunable_layers(model, example)
         self.params_before = count_params(model)
 
@@ -90,11 +91,18 @@ class TrainingPruner:
         """The model to save: physically smaller where units were removed."""
         return copy.deepcopy(self.model).eval()
 
-    def params_after(self) -> int:
-        return count_params(self.export())
+    def params_of(self, model: nn.Module) -> int:
+        """Parameters of an exported model, as this method counts them."""
+        return count_params(model)
 
-    def pruning_rate(self) -> float:
-        return 1.0 - self.params_after() / self.params_before
+    def params_after(self) -> int:
+        return self.params_of(self.export())
+
+    def summary(self, exported: nn.Module) -> dict:
+        """Parameters before and after, pruning rate and pruning periods, for results.json."""
+        after = self.params_of(exported)
+        return {"params_before": self.params_before, "params_after": after,
+                "pruning_rate": 1.0 - after / self.params_before, "pruned_at": self.pruned_at}
 
 
 class _StructuredPruner(TrainingPruner):
@@ -206,20 +214,20 @@ class MagnitudePruner(TrainingPruner):
         self.masks: dict[nn.Module, torch.Tensor] = {}
         self._handles: list = []
 
-    def _weighted(self, model: nn.Module) -> list[nn.Module]:
-        return [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-
     def last_pruning_period(self):
         return self.apply_at
 
     def end_period(self, t):
         if t != self.apply_at:
             return
-        modules = self._weighted(self.model)
+        modules = weight_modules(self.model)
         self.masks = dict(zip(modules, global_magnitude_masks(modules, self.prune_fraction), strict=True))
         self._apply_masks(self.model)
-        self._handles = [m.register_forward_pre_hook(lambda mod, _inp: self._zero(mod)) for m in modules]
+        self._hook_masks()
         self.pruned_at.append(t)
+
+    def _hook_masks(self) -> None:
+        self._handles = [m.register_forward_pre_hook(lambda mod, _inp: self._zero(mod)) for m in self.masks]
 
     def _zero(self, module: nn.Module) -> None:
         # on .data: weights only change between forward passes through the optimiser, so this
@@ -228,25 +236,30 @@ class MagnitudePruner(TrainingPruner):
 
     def _apply_masks(self, model: nn.Module) -> None:
         with torch.no_grad():
-            for original, copy_ in zip(self._weighted(self.model), self._weighted(model), strict=True):
+            for original, copy_ in zip(weight_modules(self.model), weight_modules(model), strict=True):
                 if original in self.masks:
                     copy_.weight.mul_(self.masks[original])
 
     def export(self):
         for h in self._handles:
             h.remove()
-        model = copy.deepcopy(self.model).eval()
+        model = copy.deepcopy(self.model).eval()  # without hooks: they refer to this model's modules
         self._apply_masks(model)
-        self._handles = [m.register_forward_pre_hook(lambda mod, _inp: self._zero(mod)) for m in self.masks]
+        self._hook_masks()
         return model
 
-    def params_after(self) -> int:
-        return sum(int((p != 0).sum()) for p in self.export().parameters())
+    def params_of(self, model):
+        return count_nonzero_params(model)
 
     def weight_sparsity(self) -> float:
         """Share of conv and dense weights that are zero now."""
-        weights = [m.weight.detach() for m in self._weighted(self.model)]
+        weights = [m.weight.detach() for m in weight_modules(self.model)]
         return float(sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights))
+
+
+def weight_modules(model: nn.Module) -> list[nn.Module]:
+    """The conv and dense layers of ``model``: what magnitude pruning acts on."""
+    return [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
 def global_magnitude_masks(modules: list[nn.Module], fraction: float) -> list[torch.Tensor]:

@@ -108,8 +108,7 @@ def train_supervised(cfg: SupervisedConfig, pruner: TrainingPruner, show_progres
         "task": "supervised", "method": pruner.name, "config": asdict(cfg), "history": history,
         "epochs_trained": len(history), "test_accuracy": accuracy(predict_logits(exported, x_test), y_test),
         "test_accuracy_masked": accuracy(predict_logits(model, x_test), y_test),
-        "params_before": pruner.params_before, "params_after": pruner.params_after(),
-        "pruning_rate": pruner.pruning_rate(), "pruned_at": pruner.pruned_at, "training_seconds": round(seconds, 2),
+        **pruner.summary(exported), "training_seconds": round(seconds, 2),
     }
     return results, exported
 
@@ -175,9 +174,7 @@ def train_rl(cfg: RLConfig, pruner: TrainingPruner, out_dir: Path | None = None,
                     for i, (r, length, a) in enumerate(zip(rewards, lengths, running, strict=True))],
         "mean_return_last_100": float(np.mean(rewards[-100:])),
         "greedy_test_mean_return": float(rollout(exported, 100, seed=0)[0].mean()) if cfg.env_id == "CartPole-v1" else None,
-        "params_before": pruner.params_before, "params_after": pruner.params_after(),
-        "pruning_rate": pruner.pruning_rate(), "pruned_at": pruner.pruned_at,
-        "training_seconds": round(time.perf_counter() - started, 2),
+        **pruner.summary(exported), "training_seconds": round(time.perf_counter() - started, 2),
     }
     return results, exported
 
@@ -279,7 +276,6 @@ def plot_curves(results: dict, path: Path) -> None:
         axes[0].set(xlabel="epoch", ylabel="training loss")
         axes[1].plot(x, [h["val_accuracy"] for h in history])
         axes[1].set(xlabel="epoch", ylabel="validation accuracy")
-        marks = [t + 1 for t in results["pruned_at"]]
     else:
         x = [h["episode"] for h in history]
         axes[0].plot(x, [h["reward"] for h in history], alpha=0.4, label="return")
@@ -288,9 +284,8 @@ def plot_curves(results: dict, path: Path) -> None:
         axes[0].legend()
         axes[1].plot(x, [h["length"] for h in history])
         axes[1].set(xlabel="episode", ylabel="episode length")
-        marks = [t + 1 for t in results["pruned_at"]]
     for ax in axes:
-        for m in marks:
+        for m in (t + 1 for t in results["pruned_at"]):
             ax.axvline(m, color="grey", linestyle=":", linewidth=1)
         ax.grid(alpha=0.3)
     fig.suptitle(f"{results['method']}: pruning rate {results['pruning_rate']:.1%}")

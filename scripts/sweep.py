@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from prune_env.cli import UsageError, add_target_arguments, run_main, target_from_args
-from prune_env.cost import count_flops, count_params
-from prune_env.during_training import global_magnitude_masks
+from prune_env.cost import count_flops, count_nonzero_params, count_params
+from prune_env.during_training import global_magnitude_masks, weight_modules
 from prune_env.importance import global_threshold_counts
 from prune_env.pruner import Pruner
 
@@ -42,16 +42,11 @@ def structured_step(model: nn.Sequential, pruner_inputs: tuple, units_total: int
 
 def magnitude_step(model: nn.Module, fraction: float) -> nn.Module:
     pruned = copy.deepcopy(model)
-    modules = [m for m in pruned.modules() if isinstance(m, (nn.Conv2d, nn.Linear, nn.LSTM))]
-    weights = [m for m in modules if not isinstance(m, nn.LSTM)]
+    weights = weight_modules(pruned)
     with torch.no_grad():
         for m, mask in zip(weights, global_magnitude_masks(weights, fraction), strict=True):
             m.weight.mul_(mask)
     return pruned
-
-
-def nonzero_params(model: nn.Module) -> int:
-    return sum(int((p != 0).sum()) for p in model.parameters())
 
 
 def main() -> None:
@@ -73,7 +68,7 @@ def main() -> None:
     inputs = (example, target.calibration_inputs(512))
     units_total = int(Pruner(base, example).units.sum())
     base_metric = evaluate(base)
-    rows = [{"fraction": 0.0, "metric": base_metric, "params": nonzero_params(base), "flops": count_flops(base, example)}]
+    rows = [{"fraction": 0.0, "metric": base_metric, "params": count_nonzero_params(base), "flops": count_flops(base, example)}]
     model = base
     for f in fractions:
         model = magnitude_step(model, f) if args.method == "magnitude" else structured_step(model, inputs, units_total, f, args.method)
@@ -82,7 +77,7 @@ def main() -> None:
             if args.method == "magnitude":
                 model = magnitude_step(model, f)  # fine-tuning must not regrow pruned weights
         metric = evaluate(model)
-        rows.append({"fraction": f, "metric": metric, "params": nonzero_params(model),
+        rows.append({"fraction": f, "metric": metric, "params": count_nonzero_params(model),
                      "flops": count_flops(model, example) if args.method != "magnitude" else rows[0]["flops"],
                      "dense_params": count_params(model)})
         print(f"{args.method} {f:.2f}: {target.metric_name} {metric:.4f}, non-zero params {rows[-1]['params']:,}")

@@ -18,8 +18,6 @@ import argparse
 from datetime import datetime
 from pathlib import Path
 
-import torch
-
 from prune_env.cli import UsageError, run_main
 from prune_env.during_training import (
     MagnitudePruner,
@@ -88,18 +86,15 @@ def main() -> None:
                                limit=args.limit, data_dir=args.data_dir)
         out = Path(args.root) / "supervised" / args.dataset / args.model / name
         results, model = train_supervised(cfg, pruner, show_progress=not args.quiet)
-        example = torch.zeros(1, 3 if args.dataset == "cifar10" else 1, 32 if args.dataset == "cifar10" else 28,
-                              32 if args.dataset == "cifar10" else 28)
         summary = f"test accuracy {results['test_accuracy']:.4f}"
     else:
         cfg = RLConfig(args.env, args.episodes, seed=args.seed, video_every=args.video_every)
         out = Path(args.root) / "rl" / args.env / "policy_mlp" / name
         results, model = train_rl(cfg, pruner, out, show_progress=not args.quiet)
-        example = torch.zeros(1, model[0].in_features)
         summary = (f"mean return (last 100) {results['mean_return_last_100']:.1f}, "
                    f"greedy test {results['greedy_test_mean_return']}")
     config = {k: v for k, v in vars(args).items() if k not in ("quiet",)}
-    save_run(out, config, results, model, example)
+    save_run(out, config, results, model, pruner.example)
     print(f"{args.pruning_method}: {summary}; params {results['params_before']:,} -> {results['params_after']:,} "
           f"(pruning rate {results['pruning_rate']:.1%}), {results['training_seconds']:.0f} s")
     print(f"wrote {out}")

@@ -123,12 +123,13 @@ def train(
                 if cfg.grad_clip is not None:
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()
-                progress.loss_sum += loss.item()
+                loss_value = loss.item()
+                progress.loss_sum += loss_value
                 progress.loss_steps += 1
                 progress.step += 1
                 done += 1
                 bar.update(1)
-                bar.set_postfix(epoch=progress.epoch, loss=f"{loss.item():.3f}")
+                bar.set_postfix(epoch=progress.epoch, loss=f"{loss_value:.3f}")
             if progress.step >= steps_per_epoch:
                 progress.epoch += 1
                 progress.step = 0
