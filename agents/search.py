@@ -1,4 +1,4 @@
-"""The search loop shared by every learning agent: monitor, checkpoints, resume.
+"""The search loop shared by every learning and search agent: monitor, checkpoints, resume.
 
 :class:`SearchMonitor` wraps the environment and sees every finished episode, whichever
 agent plays it: it keeps the best pruned network, logs to TensorBoard (``prune/...``),
@@ -21,11 +21,14 @@ from tqdm.auto import tqdm
 
 from agents.ppo import PPOAgent
 from agents.reinforce import ReinforceLayerAgents
+from agents.searchers import Evolution, RandomSearch
 from prune_env.env import PruningEnv
 from target_models.checkpoints import CheckpointError, atomic_save
 
-AGENTS = {"ppo": PPOAgent, "reinforce": ReinforceLayerAgents}
-AGENT_FILES = {"ppo": "agent.zip", "reinforce": "agent.pt"}
+AGENTS = {"ppo": PPOAgent, "reinforce": ReinforceLayerAgents, "random_search": RandomSearch,
+          "evolution": Evolution}
+AGENT_FILES = {"ppo": "agent.zip", "reinforce": "agent.pt", "random_search": "agent_random_search.pt",
+               "evolution": "agent_evolution.pt"}
 
 
 class SearchMonitor(gym.Wrapper):
@@ -114,13 +117,26 @@ def load_agent(path: str | Path, env: PruningEnv):
     if path.is_dir():
         found = [path / "checkpoint" / f for f in AGENT_FILES.values() if (path / "checkpoint" / f).exists()]
         if not found:
-            raise CheckpointError(f"{path} holds no saved agent (checkpoint/agent.zip or checkpoint/agent.pt); "
-                                  "train one with scripts/train_agent.py")
+            files = ", ".join(f"checkpoint/{f}" for f in AGENT_FILES.values())
+            raise CheckpointError(f"{path} holds no saved agent ({files}); train one with scripts/train_agent.py")
         path = found[0]
     if not path.exists():
         raise CheckpointError(f"no agent at {path}; train one with scripts/train_agent.py")
-    kind = "ppo" if path.suffix == ".zip" else "reinforce"
+    kind = "ppo" if path.suffix == ".zip" else saved_kind(path)
     return AGENTS[kind].load(path, env)
+
+
+def saved_kind(path: str | Path) -> str:
+    """The agent kind stored in a ``.pt`` agent checkpoint."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read agent checkpoint {path} ({exc})") from exc
+    kind = ckpt.get("kind") if isinstance(ckpt, dict) else None
+    if kind not in AGENTS or kind == "ppo":
+        raise CheckpointError(f"{path} holds no known agent (kind {kind!r}); expected one of: "
+                              f"{', '.join(k for k in AGENTS if k != 'ppo')}")
+    return kind
 
 
 def search(agent, env: PruningEnv, monitor: SearchMonitor, episodes: int, checkpoint_dir: Path | None = None) -> None:

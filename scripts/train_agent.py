@@ -1,7 +1,7 @@
 """Learn a pruning policy for a target, then fine-tune, measure and export the best network.
 
-    python scripts/train_agent.py --target vgg16_cifar10 [--agent ppo|reinforce] [--flops-budget B]
-        [--reward R] [--episodes N] [--seed S] [--config FILE] [--out runs/NAME] [--resume]
+    python scripts/train_agent.py --target vgg16_cifar10 [--agent ppo|reinforce|random_search|evolution]
+        [--flops-budget B] [--reward R] [--episodes N] [--seed S] [--config FILE] [--out runs/NAME] [--resume]
 
 Pretrains the target first when it has no checkpoint. Logs to TensorBoard under
 OUT/tensorboard, checkpoints the agent under OUT/checkpoint (``--resume`` continues from
@@ -14,6 +14,7 @@ import argparse
 from datetime import datetime
 from pathlib import Path
 
+from agents.search import AGENTS
 from agents.train import TrainRun, train_and_report
 from prune_env.cli import UsageError, add_target_arguments, run_main, target_from_args
 from prune_env.config import load_config
@@ -23,7 +24,7 @@ from prune_env.report import format_report
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_target_arguments(parser)
-    parser.add_argument("--agent", default="ppo", choices=["ppo", "reinforce"])
+    parser.add_argument("--agent", default="ppo", choices=list(AGENTS))
     parser.add_argument("--flops-budget", type=float, default=None)
     parser.add_argument("--reward", default=None, choices=["budget", "tradeoff", "log_flops"])
     parser.add_argument("--episodes", type=int, default=None)
