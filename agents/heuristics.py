@@ -132,7 +132,7 @@ class ScheduledNGF:
             if k < self.rounds and self.finetune_epochs > 0:
                 env.target.finetune(model, epochs=self.finetune_epochs, seed=self.seed + k)
         self.keep_ratios = counts / env.units
-        return model, env.measure(model, env._evaluate(model), keep_counts=counts)
+        return model, env.measure(model, env.score(model), keep_counts=counts)
 
     def predict(self, observation, state=None, episode_start=None, deterministic=True):
         if self.keep_ratios is None:

@@ -30,10 +30,37 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
                         help="local data in the hub's parquet layout (default: $PRUNE_ENV_DATA_DIR, else the hub)")
     parser.add_argument("--limit", type=int, default=None,
                         help="use only the first N rows of each data split (quick trials)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="a pretrained checkpoint file to use instead of the project's own "
+                             "(default: <target>.pt in $PRUNE_ENV_CHECKPOINTS, else the cache)")
+
+
+def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--evaluation``, ``--bn-calibration-size`` and ``--finetune-steps`` (override the config)."""
+    from prune_env.evaluation import EVALUATIONS
+
+    parser.add_argument("--evaluation", default=None, choices=list(EVALUATIONS),
+                        help="how a candidate is prepared before it is measured (default: the target's config)")
+    parser.add_argument("--bn-calibration-size", type=int, default=None,
+                        help="training examples that re-estimate batch-norm statistics (adaptive_bn)")
+    parser.add_argument("--finetune-steps", type=int, default=None,
+                        help="optimiser steps before each measurement (the finetune evaluation)")
+
+
+def evaluation_overrides(args: argparse.Namespace) -> dict:
+    """The ``env`` config entries the evaluation flags set (None where not given)."""
+    for flag in ("bn_calibration_size", "finetune_steps"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    return {"evaluation": args.evaluation, "bn_calibration_size": args.bn_calibration_size,
+            "finetune_steps": args.finetune_steps}
 
 
 def target_from_args(args: argparse.Namespace) -> Target:
-    return get_target(args.target, data_dir=args.data_dir, limit=args.limit)
+    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
+        raise UsageError(f"--checkpoint {args.checkpoint}: no such file")
+    return get_target(args.target, data_dir=args.data_dir, limit=args.limit, checkpoint=args.checkpoint)
 
 
 def run_main(main: Callable[[], object]) -> None:

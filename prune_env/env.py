@@ -13,6 +13,7 @@ from gymnasium import spaces
 from torch import nn
 
 from prune_env.cost import count_params
+from prune_env.evaluation import make_evaluation
 from prune_env.importance import get_criterion
 from prune_env.pruner import Pruner
 from prune_env.rewards import get_reward
@@ -46,8 +47,12 @@ class PruningEnv(gym.Env):
     Zero until the last step, then ``reward`` of the pruned network (``budget``,
     ``tradeoff`` or ``log_flops``, see :mod:`prune_env.rewards`), computed from the metric
     on a fixed validation slice of the training split (never the test split), normalised
-    to [0, 1], and the FLOPs ratio. The last ``info["report"]`` holds the episode's record
-    in the ``report.json`` schema.
+    to [0, 1], and the FLOPs ratio. Before it is measured the pruned copy is prepared by
+    the ``evaluation`` mode (:mod:`prune_env.evaluation`): ``plain``, ``adaptive_bn`` or
+    ``finetune``. The last ``info["report"]`` holds the episode's record in the
+    ``report.json`` schema. An episode whose keep counts were measured before returns the
+    stored record (``cache``; never with the ``random`` criterion); ``cache_hits`` and
+    ``cache_misses`` count them.
 
     ## Episode end
     Terminates after one step per prunable layer; never truncates.
@@ -59,13 +64,17 @@ class PruningEnv(gym.Env):
     - ``criterion``: which units to keep within a layer (``l1``, ``activation``, ``random``).
     - ``min_keep``: lowest keep-ratio of any layer.
     - ``val_size``: validation examples (episodes for CartPole) per evaluation.
+    - ``evaluation``: how a candidate is prepared before it is measured; with
+      ``bn_calibration_size`` (``adaptive_bn``) and ``finetune_steps`` (``finetune``).
+    - ``cache``: reuse the record of keep counts measured before.
     - ``model``: the network to prune (default: the target's pretrained checkpoint).
     - ``data_dir``, ``limit``: passed to the target when ``target`` is a name.
 
     The environment never edits ``model``: each episode prunes a copy.
 
     ## Version history
-    - v0: first version.
+    - v0: first version; evaluation modes and the measurement cache added without
+      changing the ``plain`` rewards.
     """
 
     metadata = {"render_modes": []}
@@ -83,6 +92,10 @@ class PruningEnv(gym.Env):
         reward_kwargs: dict | None = None,
         data_dir: str | None = None,
         limit: int | None = None,
+        evaluation: str = "plain",
+        bn_calibration_size: int = 1024,
+        finetune_steps: int = 20,
+        cache: bool = True,
     ):
         super().__init__()
         self.target = get_target(target, data_dir, limit) if isinstance(target, str) else target
@@ -107,12 +120,16 @@ class PruningEnv(gym.Env):
             lowest = self.flop_model.flops(self.min_counts) / self.flops_base
             raise ValueError(f"flops_budget {flops_budget} is below what min_keep={min_keep} allows ({lowest:.3f})")
         self.metric_scale = 500.0 if self.target.metric_name == "mean_return" else 1.0
+        self.evaluation = make_evaluation(evaluation, self.target, bn_calibration_size, finetune_steps)
         self._evaluate = self.target.evaluator("val", val_size)
         self.metric_base = self._evaluate(self.model)
+        self._cache: dict[tuple[int, ...], dict[str, Any]] | None = {} if cache and criterion != "random" else None
+        self.cache_hits = self.cache_misses = 0
         self._layer_flops_base = self.flop_model.layer_flops(self.units) / self.flops_base
         self._static = self._static_features()
         self.timings: dict[str, float] = defaultdict(float)
-        self.last_model: nn.Module | None = None
+        self._last_model: nn.Module | None = None
+        self._last_counts: np.ndarray | None = None
         self.action_space = spaces.Box(np.float32(self.min_keep), np.float32(1.0), shape=(1,), dtype=np.float32)
         self.observation_space = spaces.Box(0.0, 1.0, shape=(N_FEATURES,), dtype=np.float32)
         self._t, self._counts = 0, np.array(self.units)
@@ -122,7 +139,7 @@ class PruningEnv(gym.Env):
         super().reset(seed=seed)
         self._t = 0
         self._counts = np.array(self.units)
-        self.last_model = None
+        self._last_model, self._last_counts = None, None
         return self._observation(), {"layer": 0}
 
     def step(self, action):
@@ -140,17 +157,50 @@ class PruningEnv(gym.Env):
 
     # ---- episode end -----------------------------------------------------------------
     def _finish_episode(self) -> dict[str, Any]:
+        self.timings["episodes"] += 1
+        self._last_counts = self._counts.copy()
+        key = tuple(int(c) for c in self._counts)
+        if self._cache is not None and key in self._cache:
+            self.cache_hits += 1
+            return dict(self._cache[key])
+        self.cache_misses += 1
+        model = self._build(self._counts)
         started = time.perf_counter()
-        self.last_model = self.pruner.prune_counts(self._counts, self._importance, self.np_random)
-        self.timings["surgery"] += time.perf_counter() - started
-        started = time.perf_counter()
-        metric = self._evaluate(self.last_model)
+        metric = self._evaluate(model)
         self.timings["evaluation"] += time.perf_counter() - started
         started = time.perf_counter()
-        record = self.measure(self.last_model, metric)
+        record = self.measure(model, metric)
         self.timings["flops"] += time.perf_counter() - started
-        self.timings["episodes"] += 1
+        self._last_model = model
+        if self._cache is not None:
+            self._cache[key] = dict(record)
         return record
+
+    def _build(self, counts: np.ndarray) -> nn.Module:
+        """The pruned copy at ``counts``, prepared by the evaluation mode."""
+        started = time.perf_counter()
+        model = self.pruner.prune_counts(counts, self._importance, self.np_random)
+        self.timings["surgery"] += time.perf_counter() - started
+        started = time.perf_counter()
+        self.evaluation.prepare(model)
+        self.timings["preparation"] += time.perf_counter() - started
+        return model
+
+    @property
+    def last_model(self) -> nn.Module | None:
+        """The last episode's pruned network, as measured (rebuilt on demand after a cache hit)."""
+        if self._last_model is None and self._last_counts is not None:
+            self._last_model = self._build(self._last_counts)
+        return self._last_model
+
+    def score(self, model: nn.Module) -> float:
+        """Prepare ``model`` in place with the evaluation mode and measure it on validation."""
+        self.evaluation.prepare(model)
+        return self.validation_metric(model)
+
+    def validation_metric(self, model: nn.Module) -> float:
+        """``model``'s metric on the validation slice, as it is."""
+        return self._evaluate(model)
 
     def measure(self, model: nn.Module, metric: float, keep_counts: np.ndarray | None = None) -> dict[str, Any]:
         """The ``report.json`` fields and the reward for a pruned ``model`` with val ``metric``."""
@@ -161,7 +211,7 @@ class PruningEnv(gym.Env):
                                  **self.reward_kwargs)
         return {
             "target": self.target.name, "flops_budget": self.flops_budget, "reward_name": self.reward_name,
-            "criterion": self.criterion,
+            "criterion": self.criterion, **self.evaluation.settings(),
             "keep_ratios": [round(int(c) / int(u), 6) for c, u in zip(counts, self.units, strict=True)],
             "keep_counts": [int(c) for c in counts],
             "flops_base": int(round(self.flops_base)), "flops_pruned": int(round(flops)), "flops_ratio": ratio,

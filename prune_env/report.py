@@ -18,8 +18,9 @@ from prune_env.env import PruningEnv
 REPORT_KEYS = (
     "target", "policy", "seed", "flops_budget", "keep_ratios", "flops_base", "flops_pruned", "params_base",
     "params_pruned", "metric_name", "metric_base", "metric_pruned", "metric_finetuned", "latency_ms_base",
-    "latency_ms_pruned", "latency_batch_size", "search_seconds", "episodes",
+    "latency_ms_pruned", "latency_batch_size", "search_seconds", "episodes", "evaluation",
 )
+EVALUATION_KEYS = ("evaluation", "bn_calibration_size", "finetune_steps")
 
 
 def final_report(env: PruningEnv, model: nn.Module, record: dict, *, policy: str, seed: int,
@@ -55,6 +56,7 @@ def final_report(env: PruningEnv, model: nn.Module, record: dict, *, policy: str
         # beyond the common schema
         "flops_ratio": record["flops_ratio"], "keep_counts": record["keep_counts"],
         "criterion": record["criterion"], "reward_name": record["reward_name"],
+        **{k: record[k] for k in EVALUATION_KEYS if k in record},
         "metric_base_val": record["metric_base_val"], "metric_pruned_val": record["metric_pruned_val"],
         "finetune_epochs": finetune_epochs, "latency_threads": pruned_latency["threads"],
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",

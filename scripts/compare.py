@@ -13,7 +13,14 @@ import argparse
 from pathlib import Path
 
 from agents.compare import HEURISTIC_NAMES, compare
-from prune_env.cli import UsageError, add_target_arguments, run_main, target_from_args
+from prune_env.cli import (
+    UsageError,
+    add_evaluation_arguments,
+    add_target_arguments,
+    evaluation_overrides,
+    run_main,
+    target_from_args,
+)
 from prune_env.config import load_config
 
 
@@ -30,6 +37,7 @@ def main() -> None:
     parser.add_argument("--finetune-epochs", type=float, default=None)
     parser.add_argument("--val-size", type=int, default=None)
     parser.add_argument("--config", default=None)
+    add_evaluation_arguments(parser)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     budgets = parse_budgets(args.flops_budgets, "--flops-budgets")
@@ -39,7 +47,7 @@ def main() -> None:
     if unknown:
         raise UsageError(f"unknown heuristics {sorted(unknown)}; choose from {', '.join(HEURISTIC_NAMES)}")
     agents = tuple(a for a in args.train_agents.split(",") if a)
-    overrides = {"env": {"val_size": args.val_size}, "search": {"episodes": args.episodes},
+    overrides = {"env": {"val_size": args.val_size, **evaluation_overrides(args)}, "search": {"episodes": args.episodes},
                  "evaluate": {"finetune_epochs": args.finetune_epochs}}
     config = load_config(args.target, config_file=args.config, overrides=overrides)
     agent_configs = {a: load_config(args.target, a, args.config, overrides) for a in agents}

@@ -14,7 +14,13 @@ import time
 
 from agents import make_policy
 from agents.base import prune_with
-from prune_env.cli import add_target_arguments, run_main, target_from_args
+from prune_env.cli import (
+    add_evaluation_arguments,
+    add_target_arguments,
+    evaluation_overrides,
+    run_main,
+    target_from_args,
+)
 from prune_env.config import load_config
 from prune_env.report import final_report, format_report, write_report
 
@@ -29,10 +35,12 @@ def main() -> None:
     parser.add_argument("--criterion", default=None, help="unit criterion (default: the policy's own)")
     parser.add_argument("--val-size", type=int, default=None)
     parser.add_argument("--config", default=None, help="a YAML file overriding configs/<target>.yaml")
+    add_evaluation_arguments(parser)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     config = load_config(args.target, config_file=args.config, overrides={
-        "env": {"flops_budget": args.flops_budget, "criterion": args.criterion, "val_size": args.val_size},
+        "env": {"flops_budget": args.flops_budget, "criterion": args.criterion, "val_size": args.val_size,
+                **evaluation_overrides(args)},
         "evaluate": {"finetune_epochs": args.finetune_epochs},
     })
     target = target_from_args(args)

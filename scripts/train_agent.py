@@ -16,7 +16,14 @@ from pathlib import Path
 
 from agents.search import AGENTS
 from agents.train import TrainRun, train_and_report
-from prune_env.cli import UsageError, add_target_arguments, run_main, target_from_args
+from prune_env.cli import (
+    UsageError,
+    add_evaluation_arguments,
+    add_target_arguments,
+    evaluation_overrides,
+    run_main,
+    target_from_args,
+)
 from prune_env.config import load_config
 from prune_env.report import format_report
 
@@ -33,13 +40,14 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="run folder (default runs/<target>-<agent>-s<seed>-<time>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     parser.add_argument("--finetune-epochs", type=float, default=None)
+    add_evaluation_arguments(parser)
     parser.add_argument("--no-export", action="store_true")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args()
     if args.resume and not args.out:
         raise UsageError("--resume needs the --out folder of the run to continue")
     config = load_config(args.target, args.agent, args.config, overrides={
-        "env": {"flops_budget": args.flops_budget, "reward": args.reward},
+        "env": {"flops_budget": args.flops_budget, "reward": args.reward, **evaluation_overrides(args)},
         "search": {"episodes": args.episodes}, "evaluate": {"finetune_epochs": args.finetune_epochs},
     })
     if config["env"].get("reward") != "budget" and args.flops_budget is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from abc import ABC, abstractmethod
@@ -41,9 +42,12 @@ class Target(ABC):
     metric_name: str
     default_widths: tuple[int, ...]
 
-    def __init__(self, data_dir: str | Path | None = None, limit: int | None = None):
+    def __init__(self, data_dir: str | Path | None = None, limit: int | None = None,
+                 checkpoint: str | Path | None = None):
         self.data_dir = data_dir
         self.limit = limit
+        self.checkpoint = Path(checkpoint).expanduser() if checkpoint is not None else None
+        """A checkpoint file to use instead of the project's own (``--checkpoint``)."""
 
     @abstractmethod
     def build_model(self, widths: Sequence[int] | None = None) -> nn.Module:
@@ -62,8 +66,14 @@ class Target(ABC):
         """Inputs from the training split used to measure unit activations."""
 
     @abstractmethod
-    def finetune(self, model: nn.Module, epochs: float = 1.0, seed: int = 0, show_progress: bool = False) -> None:
-        """Train a (pruned) model briefly, in place."""
+    def finetune(self, model: nn.Module, epochs: float = 1.0, seed: int = 0, show_progress: bool = False,
+                 steps: int | None = None) -> None:
+        """Train a (pruned) model briefly, in place: ``epochs`` passes, or exactly ``steps``
+        optimiser steps when given (the ``finetune`` evaluation mode)."""
+
+    def bn_calibration_inputs(self, n: int = 1024) -> torch.Tensor:
+        """Training inputs for re-estimating batch-norm statistics (``adaptive_bn``)."""
+        return self.calibration_inputs(n)
 
     @abstractmethod
     def pretrain(
@@ -77,7 +87,8 @@ class Target(ABC):
 
     @property
     def checkpoint_path(self) -> Path:
-        return checkpoint_path(self.name)
+        """``checkpoint`` when given, else :func:`target_models.checkpoints.checkpoint_path`."""
+        return self.checkpoint if self.checkpoint is not None else checkpoint_path(self.name)
 
     def pretrain_command(self) -> str:
         """The command that makes this target's checkpoint (quoted in errors)."""
@@ -105,6 +116,7 @@ class Target(ABC):
                 f"checkpoint {self.checkpoint_path} does not fit the {self.name} architecture ({exc}). "
                 f"Make it again with: {self.pretrain_command()}"
             ) from exc
+        self._check_data_fingerprint(meta)
         if not meta.get("complete", False):
             warnings.warn(
                 f"{self.checkpoint_path} is from an unfinished pretraining "
@@ -115,6 +127,9 @@ class Target(ABC):
 
     def has_checkpoint(self) -> bool:
         return self.checkpoint_path.exists()
+
+    def _check_data_fingerprint(self, meta: dict) -> None:
+        """Warn when a checkpoint was trained on other data than this target loads."""
 
 
 class SupervisedTarget(Target):
@@ -140,6 +155,13 @@ class SupervisedTarget(Target):
     def data(self) -> Splits:
         return self.load_splits()
 
+    def _check_data_fingerprint(self, meta: dict) -> None:
+        made_on = meta.get("data_fingerprint")
+        if self.limit is None and made_on and made_on != self.data.fingerprint():
+            warnings.warn(f"{self.checkpoint_path} was trained on other data (fingerprint {made_on}, "
+                          f"this data {self.data.fingerprint()}): its split may overlap this test split",
+                          stacklevel=3)
+
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if logits.shape[1] == 1:
             return F.binary_cross_entropy_with_logits(logits[:, 0].float(), y.float())
@@ -162,9 +184,19 @@ class SupervisedTarget(Target):
         return evaluate
 
     def calibration_inputs(self, n: int = 512) -> torch.Tensor:
+        """The first ``n`` training inputs (activation statistics)."""
         return self.split_tensors("train", n)[0]
 
-    def finetune(self, model: nn.Module, epochs: float = 1.0, seed: int = 0, show_progress: bool = False) -> None:
+    def bn_calibration_inputs(self, n: int = 1024) -> torch.Tensor:
+        """The last ``n`` training inputs: apart from the statistics slice at the start of the
+        training split (on any split of more than ``n`` + 512 rows) and from validation."""
+        x = self.data.x_train[-n:]
+        return self.to_batch(x, self.data.y_train[-n:], False, None)[0]
+
+    def finetune(self, model: nn.Module, epochs: float = 1.0, seed: int = 0, show_progress: bool = False,
+                 steps: int | None = None) -> None:
+        if steps is not None:
+            epochs = steps / math.ceil(len(self.data.y_train) / self.train_config.batch_size)
         cfg = replace(self.train_config, epochs=epochs, lr=self.finetune_lr, seed=seed)
         train(model, self.data.x_train, self.data.y_train, self.to_batch, self.loss, cfg,
               desc=f"fine-tune {self.name}", show_progress=show_progress)

@@ -24,8 +24,21 @@ def home_dir() -> Path:
     return path
 
 
+CHECKPOINTS_ENV = "PRUNE_ENV_CHECKPOINTS"
+
+
 def checkpoint_path(target: str) -> Path:
-    """The pretrained checkpoint of a target."""
+    """The pretrained checkpoint of a target: ``<target>.pt`` in the folder named by
+    ``$PRUNE_ENV_CHECKPOINTS`` when it holds one (checkpoints you already have), else in
+    ``$PRUNE_ENV_HOME/checkpoints``, where pretraining writes."""
+    extra = os.environ.get(CHECKPOINTS_ENV)
+    if extra:
+        folder = Path(extra).expanduser()
+        if not folder.is_dir():
+            raise CheckpointError(f"${CHECKPOINTS_ENV}={extra} is not a folder; point it at a folder "
+                                  f"holding <target>.pt files, or unset it")
+        if (folder / f"{target}.pt").exists():
+            return folder / f"{target}.pt"
     folder = home_dir() / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     return folder / f"{target}.pt"

@@ -8,6 +8,7 @@ pruned policy visits (DAgger-style), which recovers a pruned policy in seconds.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Sequence
 
@@ -83,23 +84,26 @@ class CartPolePolicy(Target):
         idx = np.random.default_rng(0).permutation(len(states))[:n]
         return torch.as_tensor(states[idx], dtype=torch.float32)
 
-    def finetune(self, model: nn.Module, epochs: float = 1.0, seed: int = 0, show_progress: bool = False) -> None:
-        """Distil the pretrained policy's actions on states the pruned policy visits."""
+    def finetune(self, model: nn.Module, epochs: float = 1.0, seed: int = 0, show_progress: bool = False,
+                 steps: int | None = None) -> None:
+        """Distil the pretrained policy's actions on states the pruned policy visits: five
+        rounds per epoch, each of five passes over its states; ``steps`` stops after that
+        many optimiser steps of one round."""
         teacher = self.load_pretrained()
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-        rounds = max(1, int(round(epochs * 5)))
+        rounds = 1 if steps is not None else max(1, int(round(epochs * 5)))
         for r in tqdm(range(rounds), desc=f"fine-tune {self.name}", disable=not show_progress, leave=False):
             _, states = rollout(model, EPISODES["train"], SEEDS["train"] + 1000 * seed + r, True, epsilon=0.05)
             x = torch.as_tensor(states, dtype=torch.float32)
             with torch.no_grad():
                 target = teacher(x).argmax(1)
             model.train()
-            for _ in range(5):
-                for idx in torch.randperm(len(x)).split(256):
-                    loss = F.cross_entropy(model(x[idx]), target[idx])
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
+            batches = (idx for _ in range(5) for idx in torch.randperm(len(x)).split(256))
+            for idx in itertools.islice(batches, steps):
+                loss = F.cross_entropy(model(x[idx]), target[idx])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
         model.eval()
 
     def pretrain(self, epochs=None, max_minutes=None, resume=False, show_progress=True) -> dict:

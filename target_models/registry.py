@@ -19,8 +19,10 @@ class UnknownTargetError(ValueError):
     """A target name that is not in the registry."""
 
 
-def get_target(name: str, data_dir: str | Path | None = None, limit: int | None = None) -> Target:
-    """The target called ``name``; ``limit`` keeps only the first rows of each data split."""
+def get_target(name: str, data_dir: str | Path | None = None, limit: int | None = None,
+               checkpoint: str | Path | None = None) -> Target:
+    """The target called ``name``; ``limit`` keeps only the first rows of each data split;
+    ``checkpoint`` is a pretrained file to use instead of the project's own."""
     if name not in TARGETS:
         raise UnknownTargetError(f"unknown target {name!r}; choose one of: {', '.join(TARGETS)}")
-    return TARGETS[name](data_dir=data_dir, limit=limit)
+    return TARGETS[name](data_dir=data_dir, limit=limit, checkpoint=checkpoint)

@@ -46,7 +46,7 @@ class ToyTarget(Target):
     def calibration_inputs(self, n=512):
         return torch.randn(n, 4, generator=torch.Generator().manual_seed(0))
 
-    def finetune(self, model, epochs=1.0, seed=0, show_progress=False):
+    def finetune(self, model, epochs=1.0, seed=0, show_progress=False, steps=None):
         pass
 
     def pretrain(self, epochs=None, max_minutes=None, resume=False, show_progress=True):

@@ -1,0 +1,150 @@
+"""Reward fidelity: does an evaluation mode rank candidates the way fine-tuning does?
+
+For a set of candidate allocations at one FLOPs budget (random ones that meet it, plus
+every single-shot heuristic's), each candidate is pruned once, measured on the validation
+slice with every evaluation mode, and fine-tuned with the standard fine-tune and measured
+on the test split. Kendall's tau and Spearman's rho of each mode's scores against the
+fine-tuned metric say how well that mode predicts what a user finally gets.
+Rows are appended to ``candidates.jsonl`` as they are measured, so an interrupted run
+resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from agents.base import run_episode
+from agents.heuristics import HEURISTICS, make_heuristic
+from prune_env.env import PruningEnv
+from prune_env.evaluation import EVALUATIONS, make_evaluation
+from prune_env.ranking import kendall_tau, spearman_rho
+from target_models import Target
+
+SINGLE_SHOT = ("uniform", "l1", "ngf")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An allocation to measure: unit counts per layer and the criterion choosing units."""
+
+    name: str
+    criterion: str
+    keep_counts: tuple[int, ...]
+
+
+def make_candidates(env_for, n_random: int, seed: int = 0) -> list[Candidate]:
+    """Every single-shot heuristic's allocation and ``n_random`` random ones meeting the
+    budget (``env_for(criterion)`` gives a plain environment for a criterion)."""
+    out = []
+    for name in SINGLE_SHOT:
+        env = env_for(HEURISTICS[name].preferred_criterion or env_for(None).criterion)
+        record = run_episode(env, make_heuristic(name, env, seed=seed))
+        out.append(Candidate(name, env.criterion, tuple(record["keep_counts"])))
+    env = env_for(None)
+    for k in range(n_random):
+        record = run_episode(env, make_heuristic("random", env, seed=seed * 100_003 + k))
+        out.append(Candidate(f"random-{k}", env.criterion, tuple(record["keep_counts"])))
+    return out
+
+
+def measure_candidate(env: PruningEnv, candidate: Candidate, modes: dict, finetune_epochs: float,
+                      evaluate_test, seed: int = 0) -> dict:
+    """One row: every mode's validation score and seconds, and the fine-tuned test metric."""
+    target = env.target
+    model = env.pruner.prune_counts(np.array(candidate.keep_counts), candidate.criterion)
+    row = {"candidate": candidate.name, "criterion": candidate.criterion,
+           "keep_counts": list(candidate.keep_counts),
+           "flops_ratio": env.flop_model.flops(np.array(candidate.keep_counts)) / env.flops_base}
+    for name, mode in modes.items():
+        started = time.perf_counter()
+        prepared = copy.deepcopy(model)
+        mode.prepare(prepared)
+        row[f"score_{name}"] = env.validation_metric(prepared)
+        row[f"seconds_{name}"] = time.perf_counter() - started
+    started = time.perf_counter()
+    tuned = copy.deepcopy(model)
+    target.finetune(tuned, epochs=finetune_epochs, seed=seed)
+    row["metric_finetuned_test"] = evaluate_test(tuned)
+    row["seconds_finetune"] = time.perf_counter() - started
+    return row
+
+
+def summarise(rows: list[dict], modes: list[str]) -> dict:
+    """Kendall tau, Spearman rho and mean seconds per candidate of each mode."""
+    truth = [r["metric_finetuned_test"] for r in rows]
+    return {name: {"kendall_tau": kendall_tau([r[f"score_{name}"] for r in rows], truth),
+                   "spearman_rho": spearman_rho([r[f"score_{name}"] for r in rows], truth),
+                   "seconds_per_candidate": float(np.mean([r[f"seconds_{name}"] for r in rows]))}
+            for name in modes}
+
+
+def proxy_fidelity(target: Target, env_config: dict, budget: float, n_random: int, out: Path,
+                   finetune_epochs: float, modes: tuple[str, ...] = tuple(EVALUATIONS), seed: int = 0,
+                   show_progress: bool = True) -> dict:
+    """Measure every candidate (resuming from ``out/candidates.jsonl``); write
+    ``out/fidelity.json`` and ``out/candidates.csv``; return the summary."""
+    out.mkdir(parents=True, exist_ok=True)
+    base_config = {**env_config, "flops_budget": budget, "evaluation": "plain", "cache": False}
+    envs: dict[str, PruningEnv] = {}
+
+    def env_for(criterion: str | None) -> PruningEnv:
+        criterion = criterion or env_config.get("criterion", "l1")
+        if criterion not in envs:
+            envs[criterion] = PruningEnv(target, **{**base_config, "criterion": criterion})
+        return envs[criterion]
+
+    candidates = make_candidates(env_for, n_random, seed)
+    env = env_for(None)
+    settings = {"bn_calibration_size": env_config.get("bn_calibration_size", 1024),
+                "finetune_steps": env_config.get("finetune_steps", 20)}
+    built = {name: make_evaluation(name, target, **settings) for name in modes}
+    rows_path = out / "candidates.jsonl"
+    rows = [json.loads(line) for line in rows_path.read_text().splitlines()] if rows_path.exists() else []
+    done = {r["candidate"] for r in rows}
+    evaluate_test = target.evaluator("test")
+    todo = [c for c in candidates if c.name not in done]
+    for candidate in tqdm(todo, desc=f"fidelity {target.name}", unit="candidate", disable=not show_progress):
+        row = measure_candidate(env_for(candidate.criterion), candidate, built, finetune_epochs,
+                                evaluate_test, seed)
+        rows.append(row)
+        with rows_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+    summary = {"target": target.name, "flops_budget": budget, "candidates": len(rows),
+               "finetune_epochs": finetune_epochs, "metric_name": target.metric_name,
+               "metric_base_val": env.metric_base, **settings, "val_size": env_config.get("val_size"),
+               "seconds_finetune_per_candidate": float(np.mean([r["seconds_finetune"] for r in rows])),
+               "modes": summarise(rows, list(modes))}
+    (out / "fidelity.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_rows_csv(out / "candidates.csv", rows)
+    return summary
+
+
+def write_rows_csv(path: Path, rows: list[dict]) -> None:
+    """Rows of dicts as CSV (lists joined with spaces)."""
+    import csv
+
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: " ".join(map(str, v)) if isinstance(v, list) else v for k, v in r.items()})
+
+
+def format_summary(summary: dict) -> str:
+    """The fidelity table for the terminal."""
+    lines = [f"{summary['target']} at {summary['flops_budget']:.0%} FLOPs, {summary['candidates']} candidates, "
+             f"against {summary['metric_name']} after a {summary['finetune_epochs']}-epoch fine-tune (test)",
+             f"  {'mode':12s} {'Kendall tau':>12s} {'Spearman rho':>13s} {'s/candidate':>12s}"]
+    for name, m in summary["modes"].items():
+        lines.append(f"  {name:12s} {m['kendall_tau']:12.3f} {m['spearman_rho']:13.3f} "
+                     f"{m['seconds_per_candidate']:12.2f}")
+    lines.append(f"  (fine-tune + test: {summary['seconds_finetune_per_candidate']:.1f} s/candidate)")
+    return "\n".join(lines)

@@ -1,0 +1,64 @@
+"""Which evaluation mode ranks pruned networks the way the final fine-tune does?
+
+    python scripts/proxy_fidelity.py --target vgg16_cifar10 --flops-budget 0.5 --candidates 30 \
+        [--finetune-epochs 0.1] [--modes plain,adaptive_bn,finetune] --out results/fidelity-vgg
+
+Measures every single-shot heuristic's allocation and N random ones that meet the budget
+with each evaluation mode (validation slice) and after the standard fine-tune (test
+split); prints Kendall tau and Spearman rho of each mode against the fine-tuned metric and
+seconds per candidate, and writes OUT/fidelity.json, OUT/candidates.csv and
+OUT/candidates.jsonl (an interrupted run continues from it when started again).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from agents.fidelity import format_summary, proxy_fidelity
+from prune_env.cli import (
+    UsageError,
+    add_evaluation_arguments,
+    add_target_arguments,
+    evaluation_overrides,
+    run_main,
+    target_from_args,
+)
+from prune_env.config import load_config
+from prune_env.evaluation import EVALUATIONS
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_target_arguments(parser)
+    parser.add_argument("--flops-budget", type=float, default=0.5, help="fraction of the FLOPs to keep")
+    parser.add_argument("--candidates", type=int, default=30, help="random allocations besides the heuristics'")
+    parser.add_argument("--modes", default=",".join(EVALUATIONS), help="evaluation modes to compare")
+    parser.add_argument("--finetune-epochs", type=float, default=None,
+                        help="the fine-tune whose result is the ground truth (default: the target's config)")
+    parser.add_argument("--val-size", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the random candidates and the fine-tunes")
+    parser.add_argument("--config", default=None)
+    parser.add_argument("--out", required=True)
+    add_evaluation_arguments(parser)
+    args = parser.parse_args()
+    if not 0 < args.flops_budget <= 1:
+        raise UsageError(f"--flops-budget must lie in (0, 1], got {args.flops_budget}")
+    if args.candidates < 2:
+        raise UsageError(f"--candidates must be at least 2, got {args.candidates}")
+    modes = tuple(m for m in args.modes.split(",") if m)
+    unknown = set(modes) - set(EVALUATIONS)
+    if unknown or not modes:
+        raise UsageError(f"unknown modes {sorted(unknown)}; choose from {', '.join(EVALUATIONS)}")
+    config = load_config(args.target, config_file=args.config, overrides={
+        "env": {"val_size": args.val_size, **evaluation_overrides(args)},
+        "evaluate": {"finetune_epochs": args.finetune_epochs}})
+    target = target_from_args(args)
+    summary = proxy_fidelity(target, config["env"], args.flops_budget, args.candidates, Path(args.out),
+                             finetune_epochs=config["evaluate"]["finetune_epochs"], modes=modes, seed=args.seed)
+    print(format_summary(summary))
+    print(f"wrote {args.out}/fidelity.json, candidates.csv")
+
+
+if __name__ == "__main__":
+    run_main(main)
