@@ -13,6 +13,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from agents.allocation import counts_meeting_budget, sample_allocation
 from prune_env.env import PruningEnv
 from prune_env.importance import global_threshold_counts
 from prune_env.pruner import Pruner
@@ -42,20 +43,6 @@ class HeuristicPolicy:
         env = self.env
         counts = counts_meeting_budget(env, counts_at, env.flops_budget * env.flops_base, lo, hi)
         return np.clip(counts / env.units, env.min_keep, 1.0)
-
-
-def counts_meeting_budget(env: PruningEnv, counts_at: Callable[[float], np.ndarray], budget: float,
-                          lo: float, hi: float) -> np.ndarray:
-    """Unit counts ``counts_at(x)`` (FLOPs rising with x, at least ``min_keep``) for the x
-    whose FLOPs come closest to ``budget`` from below, found by bisection."""
-
-    def counts(x: float) -> np.ndarray:
-        return np.maximum(counts_at(x), env.min_counts)
-
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if env.flop_model.flops(counts(mid)) <= budget else (lo, mid)
-    return counts(lo)
 
 
 class UniformPolicy(HeuristicPolicy):
@@ -88,14 +75,12 @@ class NGFPolicy(HeuristicPolicy):
 
 
 class RandomPolicy(HeuristicPolicy):
-    """Random keep-ratios, scaled together until they meet the budget."""
+    """Random keep-ratios, each uniform in [min_keep, 1], scaled together to meet the budget."""
 
     name = "random"
 
     def plan(self):
-        env = self.env
-        base = np.random.default_rng(self.seed).uniform(env.min_keep, 1.0, env.n_layers)
-        return self._meet_budget(lambda s: env.pruner.keep_counts(np.clip(base * s, 1e-9, 1.0)), 0.0, 1.0 / base.min())
+        return sample_allocation(self.env, np.random.default_rng(self.seed))
 
 
 class ScheduledNGF:

@@ -32,11 +32,17 @@ AGENT_FILES = {"ppo": "agent.zip", "reinforce": "agent.pt", "random_search": "ag
 
 
 class SearchMonitor(gym.Wrapper):
-    """Records every finished episode of a :class:`PruningEnv`."""
+    """Records every finished episode of a :class:`PruningEnv`.
+
+    With ``total_episodes`` set, only the first ``total_episodes`` episodes are candidates
+    for the best network: agents that update in whole rollouts (PPO) may play a few more,
+    which are counted in ``episodes`` but never chosen, so every searcher of a comparison
+    gets exactly the same number of measured candidates."""
 
     def __init__(self, env: PruningEnv, log_dir: str | Path | None = None, total_episodes: int | None = None,
                  reference_reward: float | None = None, show_progress: bool = True):
         super().__init__(env)
+        self.limit = total_episodes
         self.episodes, self.seconds = 0, 0.0
         self.best_record: dict[str, Any] | None = None
         self.best_model: torch.nn.Module | None = None
@@ -58,8 +64,15 @@ class SearchMonitor(gym.Wrapper):
             self._record(info["report"])
         return obs, reward, terminated, truncated, info
 
+    @property
+    def counted_episodes(self) -> int:
+        """Episodes that were candidates for the best network (at most ``total_episodes``)."""
+        return self.episodes if self.limit is None else min(self.episodes, self.limit)
+
     def _record(self, record: dict) -> None:
         self.episodes += 1
+        if self.limit is not None and self.episodes > self.limit:
+            return  # beyond the episode budget: played to finish a rollout, never a candidate
         self.rewards.append(float(record["reward"]))
         now = self.seconds + time.perf_counter() - self._started
         if self.best_record is None or record["reward"] > self.best_record["reward"]:
@@ -96,7 +109,7 @@ class SearchMonitor(gym.Wrapper):
             self.best_model = build_model(self.best_record["keep_counts"])
             self.best_model.load_state_dict(state["best_model"])
             self.best_model.eval()
-        self._bar.update(self.episodes)
+        self._bar.update(self.counted_episodes)
         self._started = time.perf_counter()
 
     def close(self) -> None:
@@ -175,11 +188,12 @@ def restore_checkpoint(kind: str, env: PruningEnv, monitor: SearchMonitor, check
 
 
 def best_of(monitor: SearchMonitor, env: PruningEnv, agent) -> tuple[torch.nn.Module, dict]:
-    """The best network seen, also trying the agent's deterministic policy once."""
+    """The best network among the counted episodes (the agent's deterministic policy only
+    when no episode was played: an extra episode would break equal episode budgets)."""
     from agents.base import run_episode
 
-    record = run_episode(env, agent, seed=0, deterministic=True)
-    if monitor.best_record is None or record["reward"] > monitor.best_record["reward"]:
+    if monitor.best_record is None:
+        record = run_episode(env, agent, seed=0, deterministic=True)
         return env.last_model, {**record, "episode": "deterministic"}
     return monitor.best_model, monitor.best_record
 

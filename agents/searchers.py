@@ -16,42 +16,9 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from agents.heuristics import counts_meeting_budget
+from agents.allocation import meet_budget, play_allocation, sample_allocation
 from prune_env.env import PruningEnv
 from target_models.checkpoints import CheckpointError, atomic_save
-
-
-def meet_budget(env: PruningEnv | gym.Env, ratios: np.ndarray) -> np.ndarray:
-    """``ratios`` scaled together until their FLOPs meet the budget (from below), clipped
-    to [min_keep, 1]; only clipped when the environment has no budget."""
-    base = env.unwrapped
-    ratios = np.clip(np.asarray(ratios, dtype=np.float64), base.min_keep, 1.0)
-    if base.flops_budget is None:
-        return ratios
-    counts = counts_meeting_budget(
-        base, lambda s: base.pruner.keep_counts(np.clip(ratios * s, 1e-9, 1.0)),
-        base.flops_budget * base.flops_base, 0.0, 1.0 / ratios.min())
-    return np.clip(counts / np.asarray(base.units), base.min_keep, 1.0)
-
-
-def sample_allocation(env: PruningEnv | gym.Env, rng: np.random.Generator) -> np.ndarray:
-    """Keep-ratios drawn independently uniform in [min_keep, 1] per layer, then scaled
-    together to meet the budget: every layer's ratio ranges over the whole interval."""
-    base = env.unwrapped
-    return meet_budget(base, rng.uniform(base.min_keep, 1.0, base.n_layers))
-
-
-def play_allocation(env: PruningEnv | gym.Env, ratios: np.ndarray, seed: int | None = None) -> dict:
-    """Play one episode with a keep-ratio per layer (through any wrappers of ``env``); returns
-    the final ``info["report"]``. The env may clamp the ratios to keep the budget reachable:
-    ``report["keep_ratios"]`` holds the ones played."""
-    base = env.unwrapped
-    env.reset(seed=seed)
-    while True:
-        action = np.array([ratios[base.current_layer]], dtype=np.float32)
-        _, _, terminated, truncated, info = env.step(action)
-        if terminated or truncated:
-            return info["report"]
 
 
 def _draw(seed: int, *key: int) -> tuple[np.random.Generator, int]:

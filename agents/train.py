@@ -22,7 +22,7 @@ class TrainRun:
     target: Target
     """The target to prune (pretrained first if it has no checkpoint)."""
     agent: str
-    """``ppo`` or ``reinforce``."""
+    """A name in :data:`agents.search.AGENTS` (``ppo``, ``reinforce``, ``random_search``, ``evolution``)."""
     config: dict
     """Resolved configuration: ``env``, ``agent``, ``search``, ``evaluate`` sections."""
     out: Path
@@ -66,9 +66,10 @@ def train_and_report(run: TrainRun) -> dict:
 
     report, finetuned = final_report(
         env, model, record, policy=run.agent, seed=run.seed, search_seconds=search_seconds,
-        episodes=monitor.episodes, finetune_epochs=run.config["evaluate"]["finetune_epochs"],
+        episodes=monitor.counted_episodes, finetune_epochs=run.config["evaluate"]["finetune_epochs"],
         latency_batch_size=run.config["evaluate"]["latency_batch_size"], show_progress=run.show_progress)
     report["best_episode"] = record.get("episode")
+    report["episodes_played"] = monitor.episodes
     report["first_beats_reference"] = monitor.first_beat
     save_pruned(out / "pruned_model.pt", finetuned, target, widths_of(finetuned, env.layers),
                 meta={"keep_ratios": report["keep_ratios"], "metric_finetuned": report["metric_finetuned"]})

@@ -57,6 +57,41 @@ def evaluation_overrides(args: argparse.Namespace) -> dict:
             "finetune_steps": args.finetune_steps}
 
 
+def check_fraction(flag: str, value: float | None) -> None:
+    """A fraction in (0, 1] (budgets, keep-ratios), or None when not given."""
+    if value is not None and not 0.0 < value <= 1.0:
+        raise UsageError(f"{flag} must lie in (0, 1], got {value}")
+
+
+def check_at_least(flag: str, value: int | None, minimum: int) -> None:
+    """A count of at least ``minimum``, or None when not given."""
+    if value is not None and value < minimum:
+        raise UsageError(f"{flag} must be at least {minimum}, got {value}")
+
+
+def check_budget_reachable(target: Target, budget: float | None, min_keep: float) -> None:
+    """Refuse a FLOPs budget below what ``min_keep`` allows, before any work starts."""
+    from prune_env.env import lowest_flops_ratio
+
+    if budget is None:
+        return
+    lowest = lowest_flops_ratio(target, min_keep)
+    if budget < lowest * 0.999:
+        raise UsageError(f"--flops-budget {budget} is below the {lowest:.3f} that min_keep={min_keep} allows "
+                         f"on {target.name}; choose a budget of at least {lowest:.3f} or a smaller min_keep")
+
+
+def check_run_folder(out: Path, resume: bool, force: bool = False) -> None:
+    """``out`` must be a folder: new, or an existing run only with ``--resume`` or ``--force``."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a folder for the run")
+    existing = out.is_dir() and (out / "config.json").exists()
+    if resume and not existing:
+        raise UsageError(f"--resume: {out} holds no run to continue (no config.json)")
+    if existing and not resume and not force:
+        raise UsageError(f"{out} already holds a run; pass --resume to continue it or --force to overwrite it")
+
+
 def target_from_args(args: argparse.Namespace) -> Target:
     if args.checkpoint is not None and not Path(args.checkpoint).is_file():
         raise UsageError(f"--checkpoint {args.checkpoint}: no such file")

@@ -116,8 +116,8 @@ class PruningEnv(gym.Env):
         self.min_counts = np.array([keep_count(self.min_keep, u) for u in self.units])
         self.flops_base = float(self.flop_model.base)
         self.params_base = count_params(self.model)
-        if flops_budget is not None and self.flop_model.flops(self.min_counts) > flops_budget * self.flops_base * 1.001:
-            lowest = self.flop_model.flops(self.min_counts) / self.flops_base
+        lowest = self.flop_model.flops(self.min_counts) / self.flops_base
+        if flops_budget is not None and lowest > flops_budget * 1.001:
             raise ValueError(f"flops_budget {flops_budget} is below what min_keep={min_keep} allows ({lowest:.3f})")
         self.metric_scale = 500.0 if self.target.metric_name == "mean_return" else 1.0
         self.evaluation = make_evaluation(evaluation, self.target, bn_calibration_size, finetune_steps)
@@ -302,6 +302,14 @@ class PruningEnv(gym.Env):
     def layer_index(self, obs: np.ndarray) -> int:
         """The layer an observation describes (its first feature)."""
         return int(round(float(np.asarray(obs).reshape(-1, N_FEATURES)[0, 0]) * max(1, self.n_layers - 1)))
+
+
+def lowest_flops_ratio(target: Target, min_keep: float) -> float:
+    """The smallest FLOPs budget ``min_keep`` allows on ``target``'s architecture (no
+    checkpoint or data needed: checked before any work starts)."""
+    pruner = Pruner(target.build_model().eval(), target.example_input())
+    counts = [keep_count(min_keep, int(u)) for u in pruner.units]
+    return float(pruner.flop_model.flops(np.array(counts)) / pruner.flop_model.base)
 
 
 def _spread(x: torch.Tensor) -> float:

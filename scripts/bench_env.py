@@ -1,9 +1,12 @@
 """Benchmark the environment: episodes per second and where the time goes.
 
-    python scripts/bench_env.py --target cnn_cifar10 [--episodes 20] [--untrained]
+    python scripts/bench_env.py --target cnn_cifar10 [--episodes 20] [--evaluation MODE] \
+        [--agent random_search] [--untrained]
 
-Runs random-action episodes at the configured budget and prints episodes/s and the share
-of episode time spent in surgery, evaluation and FLOPs/params counting. For targets that
+Runs episodes at the configured budget (random actions, or a searcher from
+``agents.search.AGENTS`` learning for that many episodes) and prints seconds per episode,
+the share of episode time spent in surgery, preparation (the evaluation mode), evaluation
+and FLOPs/params counting, and the measurement cache's hits and misses. For targets that
 evaluate in bfloat16 it also prints the base metric in float32 and bfloat16.
 """
 
@@ -15,7 +18,14 @@ import time
 
 import torch
 
-from prune_env.cli import add_target_arguments, run_main, target_from_args
+from agents.search import AGENTS, make_agent
+from prune_env.cli import (
+    add_evaluation_arguments,
+    add_target_arguments,
+    evaluation_overrides,
+    run_main,
+    target_from_args,
+)
 from prune_env.config import load_config
 from prune_env.env import PruningEnv
 from target_models.training import accuracy, predict_logits
@@ -26,10 +36,13 @@ def main() -> None:
     add_target_arguments(parser)
     parser.add_argument("--episodes", type=int, default=20)
     parser.add_argument("--untrained", action="store_true", help="a fresh network instead of the checkpoint")
+    parser.add_argument("--agent", default="random", choices=["random", *AGENTS],
+                        help="random actions, or a searcher that learns for --episodes episodes")
+    add_evaluation_arguments(parser)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     target = target_from_args(args)
-    config = load_config(target.name)["env"]
+    config = load_config(target.name, overrides={"env": evaluation_overrides(args)})["env"]
     started = time.perf_counter()
     env = PruningEnv(target, model=target.build_model() if args.untrained else None, **config)
     setup = time.perf_counter() - started
@@ -43,17 +56,25 @@ def main() -> None:
 
     episode(-1 % 2**31)  # warm-up: first-call costs of torch are not the environment's
     env.timings.clear()
+    env.cache_hits = env.cache_misses = 0
     started = time.perf_counter()
-    for seed in range(args.episodes):
-        episode(seed)
+    if args.agent == "random":
+        for seed in range(args.episodes):
+            episode(seed)
+    else:
+        make_agent(args.agent, env, load_config(target.name, args.agent).get("agent"), seed=0).learn(args.episodes)
     total = time.perf_counter() - started
+    played = int(env.timings["episodes"])
     t = env.timings
     result = {
-        "target": target.name, "episodes": args.episodes, "layers": env.n_layers, "setup_seconds": round(setup, 2),
-        "episodes_per_second": round(args.episodes / total, 3),
-        "share_surgery": round(t["surgery"] / total, 3), "share_evaluation": round(t["evaluation"] / total, 3),
-        "share_flops_params": round(t["flops"] / total, 4),
-        "share_other": round(1 - (t["surgery"] + t["evaluation"] + t["flops"]) / total, 3),
+        "target": target.name, "agent": args.agent, "evaluation": env.evaluation.name, "episodes": played,
+        "layers": env.n_layers, "setup_seconds": round(setup, 2),
+        "episodes_per_second": round(played / total, 3), "seconds_per_episode": round(total / played, 3),
+        "cache_hits": env.cache_hits, "cache_misses": env.cache_misses,
+        "seconds_per_measured_episode": round(total / max(1, env.cache_misses), 3),
+        "share_surgery": round(t["surgery"] / total, 3), "share_preparation": round(t["preparation"] / total, 3),
+        "share_evaluation": round(t["evaluation"] / total, 3), "share_flops_params": round(t["flops"] / total, 4),
+        "share_other": round(1 - (t["surgery"] + t["preparation"] + t["evaluation"] + t["flops"]) / total, 3),
         "val_size": config.get("val_size"), "threads": torch.get_num_threads(),
     }
     if hasattr(target, "split_tensors"):  # is bf16 evaluation faster, and accurate enough?

@@ -13,10 +13,12 @@ import argparse
 from pathlib import Path
 
 from agents.compare import HEURISTIC_NAMES, compare
+from agents.search import AGENTS
 from prune_env.cli import (
     UsageError,
     add_evaluation_arguments,
     add_target_arguments,
+    check_at_least,
     evaluation_overrides,
     run_main,
     target_from_args,
@@ -31,7 +33,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
     parser.add_argument("--heuristics", default=",".join(HEURISTIC_NAMES))
     parser.add_argument("--runs", nargs="*", default=[], help="run folders of train_agent.py to include")
-    parser.add_argument("--train-agents", default="", help="train these agents too, e.g. ppo,reinforce")
+    parser.add_argument("--train-agents", default="",
+                        help=f"train these searchers too, each with --episodes episodes: any of {','.join(AGENTS)}")
     parser.add_argument("--agent-budgets", default=None, help="train agents only at these budgets")
     parser.add_argument("--episodes", type=int, default=None, help="search episodes of trained agents")
     parser.add_argument("--finetune-epochs", type=float, default=None)
@@ -40,6 +43,8 @@ def main() -> None:
     add_evaluation_arguments(parser)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
+    check_at_least("--seeds", args.seeds, 1)
+    check_at_least("--episodes", args.episodes, 1)
     budgets = parse_budgets(args.flops_budgets, "--flops-budgets")
     agent_budgets = parse_budgets(args.agent_budgets, "--agent-budgets") if args.agent_budgets else None
     heuristics = tuple(h for h in args.heuristics.split(",") if h)
@@ -47,6 +52,8 @@ def main() -> None:
     if unknown:
         raise UsageError(f"unknown heuristics {sorted(unknown)}; choose from {', '.join(HEURISTIC_NAMES)}")
     agents = tuple(a for a in args.train_agents.split(",") if a)
+    if set(agents) - set(AGENTS):
+        raise UsageError(f"unknown agents {sorted(set(agents) - set(AGENTS))}; choose from {', '.join(AGENTS)}")
     overrides = {"env": {"val_size": args.val_size, **evaluation_overrides(args)}, "search": {"episodes": args.episodes},
                  "evaluate": {"finetune_epochs": args.finetune_epochs}}
     config = load_config(args.target, config_file=args.config, overrides=overrides)

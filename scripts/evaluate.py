@@ -17,6 +17,8 @@ from agents.base import prune_with
 from prune_env.cli import (
     add_evaluation_arguments,
     add_target_arguments,
+    check_at_least,
+    check_fraction,
     evaluation_overrides,
     run_main,
     target_from_args,
@@ -38,6 +40,8 @@ def main() -> None:
     add_evaluation_arguments(parser)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
+    check_fraction("--flops-budget", args.flops_budget)
+    check_at_least("--val-size", args.val_size, 1)
     config = load_config(args.target, config_file=args.config, overrides={
         "env": {"flops_budget": args.flops_budget, "criterion": args.criterion, "val_size": args.val_size,
                 **evaluation_overrides(args)},

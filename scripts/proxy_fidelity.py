@@ -20,6 +20,8 @@ from prune_env.cli import (
     UsageError,
     add_evaluation_arguments,
     add_target_arguments,
+    check_at_least,
+    check_fraction,
     evaluation_overrides,
     run_main,
     target_from_args,
@@ -42,10 +44,9 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     add_evaluation_arguments(parser)
     args = parser.parse_args()
-    if not 0 < args.flops_budget <= 1:
-        raise UsageError(f"--flops-budget must lie in (0, 1], got {args.flops_budget}")
-    if args.candidates < 2:
-        raise UsageError(f"--candidates must be at least 2, got {args.candidates}")
+    check_fraction("--flops-budget", args.flops_budget)
+    check_at_least("--candidates", args.candidates, 2)
+    check_at_least("--val-size", args.val_size, 1)
     modes = tuple(m for m in args.modes.split(",") if m)
     unknown = set(modes) - set(EVALUATIONS)
     if unknown or not modes:

@@ -20,6 +20,10 @@ from prune_env.cli import (
     UsageError,
     add_evaluation_arguments,
     add_target_arguments,
+    check_at_least,
+    check_budget_reachable,
+    check_fraction,
+    check_run_folder,
     evaluation_overrides,
     run_main,
     target_from_args,
@@ -39,6 +43,7 @@ def main() -> None:
     parser.add_argument("--config", default=None, help="a YAML file overriding configs/")
     parser.add_argument("--out", default=None, help="run folder (default runs/<target>-<agent>-s<seed>-<time>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--force", action="store_true", help="overwrite the run in --out")
     parser.add_argument("--finetune-epochs", type=float, default=None)
     add_evaluation_arguments(parser)
     parser.add_argument("--no-export", action="store_true")
@@ -46,6 +51,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.resume and not args.out:
         raise UsageError("--resume needs the --out folder of the run to continue")
+    check_fraction("--flops-budget", args.flops_budget)
+    check_at_least("--episodes", args.episodes, 1)
+    check_at_least("--seed", args.seed, 0)
     config = load_config(args.target, args.agent, args.config, overrides={
         "env": {"flops_budget": args.flops_budget, "reward": args.reward, **evaluation_overrides(args)},
         "search": {"episodes": args.episodes}, "evaluate": {"finetune_epochs": args.finetune_epochs},
@@ -53,7 +61,10 @@ def main() -> None:
     if config["env"].get("reward") != "budget" and args.flops_budget is None:
         config["env"]["flops_budget"] = None
     out = Path(args.out or f"runs/{args.target}-{args.agent}-s{args.seed}-{datetime.now():%Y%m%d-%H%M%S}")
-    report = train_and_report(TrainRun(target=target_from_args(args), agent=args.agent, config=config, out=out,
+    check_run_folder(out, args.resume, args.force)
+    target = target_from_args(args)
+    check_budget_reachable(target, config["env"].get("flops_budget"), config["env"].get("min_keep", 0.1))
+    report = train_and_report(TrainRun(target=target, agent=args.agent, config=config, out=out,
                                        seed=args.seed, resume=args.resume, export=not args.no_export,
                                        show_progress=not args.quiet))
     print(format_report(report))

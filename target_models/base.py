@@ -130,6 +130,7 @@ class Target(ABC):
 
     def _check_data_fingerprint(self, meta: dict) -> None:
         """Warn when a checkpoint was trained on other data than this target loads."""
+        return None
 
 
 class SupervisedTarget(Target):

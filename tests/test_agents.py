@@ -164,3 +164,14 @@ def test_export_parity_on_every_target(name, tmp_path):
     assert result["max_abs_diff"]["onnx"] < 1e-4
     base_bytes = sum(p.numel() for p in base.parameters()) * 4
     assert (tmp_path / "pruned.onnx").stat().st_size < base_bytes  # physically smaller, not masked
+
+
+def test_episodes_past_the_budget_are_played_but_never_chosen():
+    env = toy_env()
+    monitor = SearchMonitor(env, total_episodes=5, show_progress=False)
+    agent = make_agent("ppo", env, {"n_steps": 16}, seed=0)  # rollouts of 8 episodes
+    search(agent, env, monitor, 5)
+    assert monitor.episodes == 8 and monitor.counted_episodes == 5
+    assert len(monitor.rewards) == 5
+    assert monitor.best_record["episode"] <= 5
+    assert monitor.best_record["reward"] == max(monitor.rewards)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, script_env
 from torch import nn
 
+from agents.allocation import play_allocation, sample_allocation
 from agents.base import run_episode
 from agents.search import (
     AGENT_FILES,
@@ -18,9 +24,10 @@ from agents.search import (
     restore_checkpoint,
     search,
 )
-from agents.searchers import Evolution, RandomSearch, play_allocation, sample_allocation
+from agents.searchers import Evolution, RandomSearch
 from prune_env.config import load_config
 from prune_env.env import PruningEnv
+from target_models import get_target
 from target_models.base import Target
 from target_models.checkpoints import CheckpointError
 
@@ -254,3 +261,20 @@ def test_config_defaults_match_the_agents(kind):
     agent = make_agent(kind, env, config["agent"], seed=5)
     assert set(config["agent"]) == set(agent.hparams) - {"seed"}
     assert agent.hparams == make_agent(kind, env, seed=5).hparams
+
+
+@pytest.mark.parametrize("kind", ["random_search", "evolution"])
+def test_train_agent_script_searches_and_resumes_with_a_search_baseline(kind, isolated_home, tmp_path):
+    get_target("cartpole_policy").pretrain(epochs=1, show_progress=False)
+    out = tmp_path / "run"
+    base = [sys.executable, "scripts/train_agent.py", "--target", "cartpole_policy", "--agent", kind,
+            "--out", str(out), "--quiet", "--finetune-epochs", "0", "--no-export", "--evaluation", "plain"]
+    first = subprocess.run([*base, "--episodes", "6"], cwd=REPO, env=script_env(isolated_home),
+                           capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = subprocess.run([*base, "--episodes", "10", "--resume"], cwd=REPO, env=script_env(isolated_home),
+                            capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["policy"] == kind and report["episodes"] == report["episodes_played"] == 10
+    assert report["evaluation"] == "plain" and abs(report["flops_pruned"] / report["flops_base"] - 0.5) <= 0.01
