@@ -18,10 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from agents.base import run_episode
 from agents.heuristics import HEURISTICS, make_heuristic
+from prune_env.cli import UsageError
 from prune_env.env import PruningEnv
 from prune_env.evaluation import EVALUATIONS, make_evaluation
 from prune_env.ranking import kendall_tau, spearman_rho
@@ -44,7 +46,7 @@ def make_candidates(env_for, n_random: int, seed: int = 0) -> list[Candidate]:
     budget (``env_for(criterion)`` gives a plain environment for a criterion)."""
     out = []
     for name in SINGLE_SHOT:
-        env = env_for(HEURISTICS[name].preferred_criterion or env_for(None).criterion)
+        env = env_for(HEURISTICS[name].preferred_criterion)
         record = run_episode(env, make_heuristic(name, env, seed=seed))
         out.append(Candidate(name, env.criterion, tuple(record["keep_counts"])))
     env = env_for(None)
@@ -70,10 +72,23 @@ def measure_candidate(env: PruningEnv, candidate: Candidate, modes: dict, finetu
         row[f"seconds_{name}"] = time.perf_counter() - started
     started = time.perf_counter()
     tuned = copy.deepcopy(model)
-    target.finetune(tuned, epochs=finetune_epochs, seed=seed)
+    with torch.random.fork_rng():  # dropout: the same ground truth however many ran before
+        torch.manual_seed(seed)
+        target.finetune(tuned, epochs=finetune_epochs, seed=seed)
     row["metric_finetuned_test"] = evaluate_test(tuned)
-    row["seconds_finetune"] = time.perf_counter() - started
+    row["seconds_ground_truth"] = time.perf_counter() - started
     return row
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows measured so far; a last line cut short by an interruption is dropped."""
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
 
 
 def summarise(rows: list[dict], modes: list[str]) -> dict:
@@ -105,8 +120,17 @@ def proxy_fidelity(target: Target, env_config: dict, budget: float, n_random: in
     settings = {"bn_calibration_size": env_config.get("bn_calibration_size", 1024),
                 "finetune_steps": env_config.get("finetune_steps", 20)}
     built = {name: make_evaluation(name, target, **settings) for name in modes}
+    run_settings = {"target": target.name, "flops_budget": budget, "seed": seed, "finetune_epochs": finetune_epochs,
+                    "criterion": env.criterion, "val_size": env_config.get("val_size"), **settings}
+    settings_path = out / "settings.json"
+    if settings_path.exists() and json.loads(settings_path.read_text()) != run_settings:
+        raise UsageError(f"{out} holds candidates measured with other settings ({settings_path}); "
+                         "use another --out or the same settings")
+    settings_path.write_text(json.dumps(run_settings, indent=2) + "\n")
     rows_path = out / "candidates.jsonl"
-    rows = [json.loads(line) for line in rows_path.read_text().splitlines()] if rows_path.exists() else []
+    wanted = {c.name for c in candidates}
+    rows = [r for r in read_rows(rows_path) if r["candidate"] in wanted
+            and all(f"score_{name}" in r for name in modes)]
     done = {r["candidate"] for r in rows}
     evaluate_test = target.evaluator("test")
     todo = [c for c in candidates if c.name not in done]
@@ -119,7 +143,7 @@ def proxy_fidelity(target: Target, env_config: dict, budget: float, n_random: in
     summary = {"target": target.name, "flops_budget": budget, "candidates": len(rows),
                "finetune_epochs": finetune_epochs, "metric_name": target.metric_name,
                "metric_base_val": env.metric_base, **settings, "val_size": env_config.get("val_size"),
-               "seconds_finetune_per_candidate": float(np.mean([r["seconds_finetune"] for r in rows])),
+               "seconds_ground_truth_per_candidate": float(np.mean([r["seconds_ground_truth"] for r in rows])),
                "modes": summarise(rows, list(modes))}
     (out / "fidelity.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_rows_csv(out / "candidates.csv", rows)
@@ -146,5 +170,5 @@ def format_summary(summary: dict) -> str:
     for name, m in summary["modes"].items():
         lines.append(f"  {name:12s} {m['kendall_tau']:12.3f} {m['spearman_rho']:13.3f} "
                      f"{m['seconds_per_candidate']:12.2f}")
-    lines.append(f"  (fine-tune + test: {summary['seconds_finetune_per_candidate']:.1f} s/candidate)")
+    lines.append(f"  (ground truth, fine-tune + test: {summary['seconds_ground_truth_per_candidate']:.1f} s/candidate)")
     return "\n".join(lines)

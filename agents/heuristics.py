@@ -96,6 +96,8 @@ class ScheduledNGF:
                  finetune_epochs: float = 0.2):
         if env.flops_budget is None:
             raise ValueError("ngf_scheduled needs an environment with a flops_budget")
+        if rounds < 1:
+            raise ValueError(f"ngf_scheduled needs at least one round, got {rounds}")
         self.env, self.seed, self.rounds, self.power, self.finetune_epochs = env, seed, rounds, power, finetune_epochs
         self.keep_ratios: np.ndarray | None = None
 

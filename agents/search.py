@@ -67,16 +67,16 @@ class SearchMonitor(gym.Wrapper):
     @property
     def counted_episodes(self) -> int:
         """Episodes that were candidates for the best network (at most ``total_episodes``)."""
-        return self.episodes if self.limit is None else min(self.episodes, self.limit)
+        return len(self.rewards)
 
     def _record(self, record: dict) -> None:
         self.episodes += 1
-        if self.limit is not None and self.episodes > self.limit:
+        if self.limit is not None and len(self.rewards) >= self.limit:
             return  # beyond the episode budget: played to finish a rollout, never a candidate
         self.rewards.append(float(record["reward"]))
         now = self.seconds + time.perf_counter() - self._started
         if self.best_record is None or record["reward"] > self.best_record["reward"]:
-            self.best_record = {**record, "episode": self.episodes}
+            self.best_record = {**record, "episode": len(self.rewards)}
             self.best_model = copy.deepcopy(self.env.unwrapped.last_model)
         if (self.reference_reward is not None and self.first_beat is None
                 and record["reward"] >= self.reference_reward):
@@ -163,7 +163,7 @@ def search(agent, env: PruningEnv, monitor: SearchMonitor, episodes: int, checkp
         if checkpoint_dir is not None:
             save_checkpoint(agent, monitor, checkpoint_dir)
 
-    remaining = episodes - monitor.episodes
+    remaining = episodes - monitor.counted_episodes
     if remaining > 0:
         agent.learn(remaining, env=monitor, callback=after_update)
 

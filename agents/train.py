@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from agents.search import SearchMonitor, best_of, make_agent, restore_checkpoint, search
-from prune_env.cli import write_json
+from prune_env.cli import UsageError, write_json
 from prune_env.env import PruningEnv
 from prune_env.export import export_all, save_pruned
 from prune_env.report import final_report, write_report
@@ -39,6 +40,21 @@ class TrainRun:
     """Progress bars."""
 
 
+def refuse_changed_settings(saved_path: Path, resolved: dict) -> None:
+    """A resumed run must keep the settings its saved episodes were measured with (only the
+    episode count may grow)."""
+    if not saved_path.exists():
+        return
+    saved = json.loads(saved_path.read_text())
+    changed = [f"{section}.{key}" for section in ("env", "agent") for key in
+               set(saved.get(section) or {}) | set(resolved.get(section) or {})
+               if (saved.get(section) or {}).get(key) != (resolved.get(section) or {}).get(key)]
+    changed += [key for key in ("target", "agent_kind", "seed") if saved.get(key) != resolved.get(key)]
+    if changed:
+        raise UsageError(f"--resume with other settings than the run in {saved_path.parent} "
+                         f"({', '.join(sorted(changed))}); resume with the same flags, or start a new --out")
+
+
 def train_and_report(run: TrainRun) -> dict:
     """Search, keep the best network, fine-tune, measure on the test split, save, export."""
     target, out = run.target, Path(run.out)
@@ -50,12 +66,14 @@ def train_and_report(run: TrainRun) -> dict:
     episodes = int(run.config["search"]["episodes"])
     monitor = SearchMonitor(env, out / "tensorboard", total_episodes=episodes,
                             reference_reward=run.reference_reward, show_progress=run.show_progress)
+    resolved = {**run.config, "target": target.name, "agent_kind": run.agent, "seed": run.seed,
+                "checkpoint": str(target.checkpoint_path)}
     if run.resume:
+        refuse_changed_settings(out / "config.json", resolved)
         agent = restore_checkpoint(run.agent, env, monitor, out / "checkpoint", target.build_model)
         print(f"resuming {out} at episode {monitor.episodes} of {episodes}")
     else:
         agent = make_agent(run.agent, env, run.config.get("agent"), seed=run.seed)
-    resolved = {**run.config, "target": target.name, "agent": run.agent, "seed": run.seed}
     write_json(out / "config.json", resolved)
     try:
         search(agent, env, monitor, episodes, out / "checkpoint")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import signal
 import sys
 from collections.abc import Callable
@@ -49,10 +50,8 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
 
 def evaluation_overrides(args: argparse.Namespace) -> dict:
     """The ``env`` config entries the evaluation flags set (None where not given)."""
-    for flag in ("bn_calibration_size", "finetune_steps"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise UsageError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    check_at_least("--bn-calibration-size", args.bn_calibration_size, 2)
+    check_at_least("--finetune-steps", args.finetune_steps, 1)
     return {"evaluation": args.evaluation, "bn_calibration_size": args.bn_calibration_size,
             "finetune_steps": args.finetune_steps}
 
@@ -81,8 +80,12 @@ def check_budget_reachable(target: Target, budget: float | None, min_keep: float
                          f"on {target.name}; choose a budget of at least {lowest:.3f} or a smaller min_keep")
 
 
-def check_run_folder(out: Path, resume: bool, force: bool = False) -> None:
-    """``out`` must be a folder: new, or an existing run only with ``--resume`` or ``--force``."""
+RUN_FILES = ("checkpoint", "tensorboard", "config.json", "report.json", "pruned_model.pt")
+
+
+def prepare_run_folder(out: Path, resume: bool, force: bool = False) -> None:
+    """``out`` must be a folder: new, or an existing run only with ``--resume`` (kept) or
+    ``--force`` (its files removed, so nothing of the old run is mistaken for the new)."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; give a folder for the run")
     existing = out.is_dir() and (out / "config.json").exists()
@@ -90,10 +93,17 @@ def check_run_folder(out: Path, resume: bool, force: bool = False) -> None:
         raise UsageError(f"--resume: {out} holds no run to continue (no config.json)")
     if existing and not resume and not force:
         raise UsageError(f"{out} already holds a run; pass --resume to continue it or --force to overwrite it")
+    if force and not resume:
+        for name in RUN_FILES:
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
 
 
 def target_from_args(args: argparse.Namespace) -> Target:
-    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
+    if args.checkpoint is not None and not Path(args.checkpoint).expanduser().is_file():
         raise UsageError(f"--checkpoint {args.checkpoint}: no such file")
     return get_target(args.target, data_dir=args.data_dir, limit=args.limit, checkpoint=args.checkpoint)
 

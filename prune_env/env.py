@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from collections import defaultdict
 from typing import Any
@@ -162,7 +163,7 @@ class PruningEnv(gym.Env):
         key = tuple(int(c) for c in self._counts)
         if self._cache is not None and key in self._cache:
             self.cache_hits += 1
-            return dict(self._cache[key])
+            return copy.deepcopy(self._cache[key])
         self.cache_misses += 1
         model = self._build(self._counts)
         started = time.perf_counter()
@@ -173,7 +174,7 @@ class PruningEnv(gym.Env):
         self.timings["flops"] += time.perf_counter() - started
         self._last_model = model
         if self._cache is not None:
-            self._cache[key] = dict(record)
+            self._cache[key] = copy.deepcopy(record)
         return record
 
     def _build(self, counts: np.ndarray) -> nn.Module:
@@ -194,7 +195,10 @@ class PruningEnv(gym.Env):
         return self._last_model
 
     def score(self, model: nn.Module) -> float:
-        """Prepare ``model`` in place with the evaluation mode and measure it on validation."""
+        """Prepare ``model`` (a pruned copy, never the pretrained model) in place with the
+        evaluation mode and measure it on validation."""
+        if model is self.model:
+            raise ValueError("score() prepares the model in place: pass a pruned copy, not the pretrained model")
         self.evaluation.prepare(model)
         return self.validation_metric(model)
 

@@ -25,7 +25,7 @@ from torch import nn
 if TYPE_CHECKING:
     from target_models.base import Target
 
-BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 
 
 class EvaluationMode(ABC):
@@ -75,6 +75,10 @@ class AdaptiveBN(EvaluationMode):
             self._inputs = self.target.bn_calibration_inputs(self.size)
         return self._inputs
 
+    @property
+    def batches(self) -> int:
+        return -(-len(self.inputs) // self.batch_size)
+
     @torch.no_grad()
     def prepare(self, model: nn.Module) -> None:
         norms = [m for m in model.modules() if isinstance(m, BN_TYPES) and m.track_running_stats]
@@ -94,8 +98,8 @@ class AdaptiveBN(EvaluationMode):
         bf16 = bool(getattr(self.target, "eval_bf16", False))
         try:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                for start in range(0, len(self.inputs), self.batch_size):
-                    model(self.inputs[start:start + self.batch_size])
+                for batch in torch.tensor_split(self.inputs, self.batches):  # near-equal sizes
+                    model(batch)
         finally:
             for handle in handles:
                 handle.remove()
@@ -105,7 +109,7 @@ class AdaptiveBN(EvaluationMode):
             mean = total / n
             m.running_mean.copy_(mean)
             m.running_var.copy_((squares - n * mean * mean) / max(1, n - 1))
-            m.num_batches_tracked.fill_(-(-len(self.inputs) // self.batch_size))
+            m.num_batches_tracked.fill_(self.batches)
 
     def settings(self) -> dict:
         return {"evaluation": self.name, "bn_calibration_size": self.size}

@@ -29,7 +29,7 @@ def main() -> None:
     if not config_path.exists():
         raise FileNotFoundError(f"{config_path} not found; is {run} a run folder of scripts/train_agent.py?")
     config = json.loads(config_path.read_text())
-    target = get_target(config["target"], data_dir=args.data_dir)
+    target = get_target(config["target"], data_dir=args.data_dir, checkpoint=config.get("checkpoint"))
     model = load_pruned(run / "pruned_model.pt", target)
     formats = FORMATS if args.format == "all" else (args.format,)
     result = export_all(model, target.load_pretrained(), target, run, formats)

@@ -54,6 +54,8 @@ def main() -> None:
     config = load_config(args.target, config_file=args.config, overrides={
         "env": {"val_size": args.val_size, **evaluation_overrides(args)},
         "evaluate": {"finetune_epochs": args.finetune_epochs}})
+    if not config["evaluate"]["finetune_epochs"] > 0:
+        raise UsageError("--finetune-epochs must be above 0: the fine-tuned metric is the ground truth")
     target = target_from_args(args)
     summary = proxy_fidelity(target, config["env"], args.flops_budget, args.candidates, Path(args.out),
                              finetune_epochs=config["evaluate"]["finetune_epochs"], modes=modes, seed=args.seed)

@@ -23,8 +23,8 @@ from prune_env.cli import (
     check_at_least,
     check_budget_reachable,
     check_fraction,
-    check_run_folder,
     evaluation_overrides,
+    prepare_run_folder,
     run_main,
     target_from_args,
 )
@@ -61,9 +61,9 @@ def main() -> None:
     if config["env"].get("reward") != "budget" and args.flops_budget is None:
         config["env"]["flops_budget"] = None
     out = Path(args.out or f"runs/{args.target}-{args.agent}-s{args.seed}-{datetime.now():%Y%m%d-%H%M%S}")
-    check_run_folder(out, args.resume, args.force)
     target = target_from_args(args)
     check_budget_reachable(target, config["env"].get("flops_budget"), config["env"].get("min_keep", 0.1))
+    prepare_run_folder(out, args.resume, args.force)
     report = train_and_report(TrainRun(target=target, agent=args.agent, config=config, out=out,
                                        seed=args.seed, resume=args.resume, export=not args.no_export,
                                        show_progress=not args.quiet))

@@ -16,7 +16,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from target_models.checkpoints import CheckpointError, atomic_save, checkpoint_path, load_checkpoint
+from target_models.checkpoints import (
+    CheckpointError,
+    atomic_save,
+    checkpoint_path,
+    find_checkpoint,
+    load_checkpoint,
+)
 from target_models.data import Splits
 from target_models.training import (
     TrainConfig,
@@ -87,19 +93,29 @@ class Target(ABC):
 
     @property
     def checkpoint_path(self) -> Path:
-        """``checkpoint`` when given, else :func:`target_models.checkpoints.checkpoint_path`."""
-        return self.checkpoint if self.checkpoint is not None else checkpoint_path(self.name)
+        """The checkpoint to load: ``checkpoint`` when given, else
+        :func:`target_models.checkpoints.find_checkpoint`."""
+        return self.checkpoint if self.checkpoint is not None else find_checkpoint(self.name)
+
+    @property
+    def pretrain_path(self) -> Path:
+        """Where pretraining writes (never a checkpoint you brought)."""
+        if self.checkpoint is not None:
+            raise CheckpointError(f"pretraining writes to {checkpoint_path(self.name)}, not to a --checkpoint "
+                                  f"file ({self.checkpoint}); drop --checkpoint to pretrain")
+        return checkpoint_path(self.name)
 
     def pretrain_command(self) -> str:
         """The command that makes this target's checkpoint (quoted in errors)."""
         return f"python scripts/pretrain.py --target {self.name}"
 
-    def load_checkpoint(self) -> dict:
-        """The checkpoint dict, checked to belong to this target."""
-        ckpt = load_checkpoint(self.checkpoint_path, self.pretrain_command())
+    def load_checkpoint(self, path: Path | None = None) -> dict:
+        """The checkpoint dict (of ``checkpoint_path`` by default), checked to belong to this target."""
+        path = path or self.checkpoint_path
+        ckpt = load_checkpoint(path, self.pretrain_command())
         if ckpt["meta"].get("target") != self.name:
             raise CheckpointError(
-                f"checkpoint {self.checkpoint_path} was made for {ckpt['meta'].get('target')!r}, "
+                f"checkpoint {path} was made for {ckpt['meta'].get('target')!r}, "
                 f"not {self.name!r}. Make it again with: {self.pretrain_command()}"
             )
         return ckpt
@@ -214,10 +230,10 @@ class SupervisedTarget(Target):
         model = self.build_model()
         optimizer = make_optimizer(model, cfg)
         progress = TrainProgress()
-        path = self.checkpoint_path
+        path = self.pretrain_path
         fingerprint = self.data.fingerprint()
         if resume and path.exists():
-            ckpt = self.load_checkpoint()
+            ckpt = self.load_checkpoint(path)
             if ckpt["meta"].get("data_fingerprint") != fingerprint:
                 raise CheckpointError(
                     f"{path} was trained on other data (fingerprint {ckpt['meta'].get('data_fingerprint')}, "
@@ -261,4 +277,4 @@ class SupervisedTarget(Target):
             metrics.update(val_metric=evaluate_val(model), test_metric=evaluate_test(model))
         if finished:
             save(progress, complete=True)
-        return self.load_checkpoint()["meta"]
+        return self.load_checkpoint(path)["meta"]

@@ -28,9 +28,16 @@ CHECKPOINTS_ENV = "PRUNE_ENV_CHECKPOINTS"
 
 
 def checkpoint_path(target: str) -> Path:
-    """The pretrained checkpoint of a target: ``<target>.pt`` in the folder named by
-    ``$PRUNE_ENV_CHECKPOINTS`` when it holds one (checkpoints you already have), else in
-    ``$PRUNE_ENV_HOME/checkpoints``, where pretraining writes."""
+    """Where pretraining writes a target's checkpoint: ``$PRUNE_ENV_HOME/checkpoints``."""
+    folder = home_dir() / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{target}.pt"
+
+
+def find_checkpoint(target: str) -> Path:
+    """The checkpoint to load: ``<target>.pt`` in the folder named by
+    ``$PRUNE_ENV_CHECKPOINTS`` when it holds one (checkpoints you already have), else the
+    one pretraining writes."""
     extra = os.environ.get(CHECKPOINTS_ENV)
     if extra:
         folder = Path(extra).expanduser()
@@ -39,9 +46,7 @@ def checkpoint_path(target: str) -> Path:
                                   f"holding <target>.pt files, or unset it")
         if (folder / f"{target}.pt").exists():
             return folder / f"{target}.pt"
-    folder = home_dir() / "checkpoints"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{target}.pt"
+    return checkpoint_path(target)
 
 
 def _atomic_write(path: Path, write) -> None:

@@ -89,7 +89,7 @@ class CartPolePolicy(Target):
         """Distil the pretrained policy's actions on states the pruned policy visits: five
         rounds per epoch, each of five passes over its states; ``steps`` stops after that
         many optimiser steps of one round."""
-        teacher = self.load_pretrained()
+        teacher = self._teacher()
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         rounds = 1 if steps is not None else max(1, int(round(epochs * 5)))
         for r in tqdm(range(rounds), desc=f"fine-tune {self.name}", disable=not show_progress, leave=False):
@@ -106,6 +106,12 @@ class CartPolePolicy(Target):
                 optimizer.step()
         model.eval()
 
+    def _teacher(self) -> nn.Module:
+        """The pretrained policy, loaded once (fine-tuning may run every episode)."""
+        if getattr(self, "_teacher_model", None) is None:
+            self._teacher_model = self.load_pretrained()
+        return self._teacher_model
+
     def pretrain(self, epochs=None, max_minutes=None, resume=False, show_progress=True) -> dict:
         """PPO (rl-zoo's CartPole settings) in chunks of 10k steps, keeping the best actor."""
         from stable_baselines3 import PPO
@@ -116,9 +122,9 @@ class CartPolePolicy(Target):
         env = make_vec_env(ENV_ID, n_envs=8, seed=0)
         history: list[dict] = []
         best = {"val_metric": -1.0}
-        if resume and ppo_path.exists() and self.has_checkpoint():
+        if resume and ppo_path.exists() and self.pretrain_path.exists():
             ppo = PPO.load(ppo_path, env=env, device="cpu")
-            ckpt = self.load_checkpoint()
+            ckpt = self.load_checkpoint(self.pretrain_path)
             history = ckpt["progress"]["history"]
             best = {"val_metric": ckpt["meta"]["val_metric"], "state_dict": ckpt["state_dict"]}
             print(f"resuming {self.name} at {ppo.num_timesteps} steps ({ppo_path})")
@@ -155,16 +161,17 @@ class CartPolePolicy(Target):
         test = evaluate_test(model)
         complete = deadline is None or time.time() < deadline
         self._save(best, history, complete=complete, seconds=time.perf_counter() - start, test=test)
-        return self.load_checkpoint()["meta"]
+        return self.load_checkpoint(self.pretrain_path)["meta"]
 
     def _save(self, best: dict, history: list[dict], complete: bool, seconds: float,
               test: float | None = None) -> None:
+        self._teacher_model = None  # a new checkpoint: the next fine-tune reloads it
         meta = {"target": self.name, "widths": list(self.default_widths), "complete": complete,
                 "epochs_done": len(history), "metric_name": self.metric_name,
                 "val_metric": best["val_metric"], "test_metric": test, "data_fingerprint": ENV_ID,
                 "train_seconds": round(seconds, 1)}
         atomic_save({"state_dict": best["state_dict"], "meta": meta,
-                     "progress": {"history": history}}, self.checkpoint_path)
+                     "progress": {"history": history}}, self.pretrain_path)
 
 
 def copy_actor(policy, model: nn.Sequential) -> None:

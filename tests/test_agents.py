@@ -175,3 +175,16 @@ def test_episodes_past_the_budget_are_played_but_never_chosen():
     assert len(monitor.rewards) == 5
     assert monitor.best_record["episode"] <= 5
     assert monitor.best_record["reward"] == max(monitor.rewards)
+
+
+def test_a_resumed_search_with_more_episodes_counts_only_candidates(tmp_path):
+    env = toy_env()
+    first = SearchMonitor(env, total_episodes=5, show_progress=False)
+    agent = make_agent("ppo", env, {"n_steps": 16}, seed=0)  # rollouts of 8 episodes
+    search(agent, env, first, 5, tmp_path)
+    assert (first.episodes, first.counted_episodes) == (8, 5)
+    resumed_monitor = SearchMonitor(env, total_episodes=10, show_progress=False)
+    resumed = restore_checkpoint("ppo", env, resumed_monitor, tmp_path, env.target.build_model)
+    search(resumed, env, resumed_monitor, 10, tmp_path)
+    assert resumed_monitor.counted_episodes == 10 and len(resumed_monitor.rewards) == 10
+    assert resumed_monitor.episodes == 16  # a second whole rollout, of which 5 are candidates

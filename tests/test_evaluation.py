@@ -14,10 +14,11 @@ import torch
 from conftest import REPO, needs_data, script_env
 from test_env import _hash, tiny_env
 from torch import nn
+from torch.nn import functional as F
 
 from prune_env.evaluation import AdaptiveBN, make_evaluation
 from prune_env.ranking import average_ranks, kendall_tau, spearman_rho
-from target_models import get_target
+from target_models import CheckpointError, get_target
 from target_models.checkpoints import CHECKPOINTS_ENV
 
 
@@ -71,22 +72,34 @@ class _BNTarget:
 
 def test_adaptive_bn_re_estimates_the_exact_statistics_of_the_slice():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5))
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5),
+                          nn.Flatten(), nn.Linear(144, 5), nn.BatchNorm1d(5),
+                          nn.BatchNorm1d(5, track_running_stats=False))
     model[1].running_mean.fill_(5.0)
-    x = torch.randn(40, 3, 8, 8)
-    AdaptiveBN(_BNTarget(x), size=40, batch_size=16).prepare(model)
+    x = torch.randn(41, 3, 8, 8)  # 41 over batches of 16: three near-equal batches
+    AdaptiveBN(_BNTarget(x), size=41, batch_size=16).prepare(model)
     with torch.no_grad():
-        features = model[0](x).transpose(0, 1).reshape(4, -1)
+        conv = model[0](x)
+        features = conv.transpose(0, 1).reshape(4, -1)
+        # the second batch norm sees the first one normalising each batch with its own statistics
+        dense = torch.cat([model[4:6](F.relu(F.batch_norm(c, None, None, model[1].weight, model[1].bias,
+                                                               training=True)))
+                           for c in torch.tensor_split(conv, 3)])
     torch.testing.assert_close(model[1].running_mean, features.mean(1), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(model[1].running_var, features.var(1, unbiased=True), rtol=1e-4, atol=1e-5)
-    assert model[1].momentum == 0.1 and not model.training and not model[3].training
+    torch.testing.assert_close(model[6].running_mean, dense.mean(0), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(model[6].running_var, dense.var(0, unbiased=True), rtol=1e-4, atol=1e-5)
+    assert int(model[1].num_batches_tracked) == 3 and model[7].running_mean is None
+    assert not model.training and not any(m.training for m in model.modules())
 
 
 @needs_data
 def test_finetune_mode_is_reproducible_and_leaves_the_pretrained_model_alone():
     env = tiny_env("cnn_cifar10", evaluation="finetune", finetune_steps=2, cache=False)
     before = _hash(env.model)
+    rng_state = torch.get_rng_state()
     first, report = _play(env, [0.5] * env.n_layers)
+    assert torch.equal(torch.get_rng_state(), rng_state), "the finetune mode moved torch's global RNG"
     second, _ = _play(env, [0.5] * env.n_layers)
     plain = env.pruner.prune_counts(report["keep_counts"], "l1")
     assert first == second and report["finetune_steps"] == 2
@@ -146,6 +159,12 @@ def test_a_checkpoint_you_already_have_is_used_from_a_flag_or_a_folder(isolated_
     monkeypatch.setenv(CHECKPOINTS_ENV, str(mine))
     assert get_target("cartpole_policy").checkpoint_path == mine / "cartpole_policy.pt"
     assert get_target("lstm_imdb").checkpoint_path.parent == isolated_home / "checkpoints"  # not there: default
+    with pytest.raises(CheckpointError, match="pretraining writes to"):
+        get_target("cartpole_policy", checkpoint=mine / "cartpole_policy.pt").pretrain(epochs=1)
+    monkeypatch.setenv(CHECKPOINTS_ENV, str(mine / "cartpole_policy.pt"))
+    with pytest.raises(CheckpointError, match="is not a folder"):
+        get_target("cartpole_policy").has_checkpoint()
+    monkeypatch.delenv(CHECKPOINTS_ENV)
     result = subprocess.run(
         [sys.executable, "scripts/evaluate.py", "--target", "cartpole_policy", "--policy", "l1",
          "--checkpoint", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "out")],
@@ -170,7 +189,21 @@ def test_proxy_fidelity_script_measures_every_mode_and_resumes(isolated_home, tm
     rows = [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()]
     assert all(r["score_adaptive_bn"] == r["score_plain"] for r in rows)
     assert all(abs(r["flops_ratio"] - 0.5) < 0.02 for r in rows)
+    assert all(r["seconds_finetune"] != r["seconds_ground_truth"] for r in rows)  # two timings, not one
     assert "Kendall tau" in result.stdout
+    kept = (out / "candidates.jsonl").read_text().splitlines()[:3]
+    (out / "candidates.jsonl").write_text("\n".join(kept) + '\n{"candidate": "cut sho')  # interrupted
     again = subprocess.run(command, cwd=REPO, env=script_env(isolated_home), capture_output=True, text=True,
                            timeout=300)
-    assert again.returncode == 0 and len((out / "candidates.jsonl").read_text().splitlines()) == 6
+    assert again.returncode == 0, again.stderr[-2000:]
+    resumed = [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()
+               if line.startswith('{"candidate": "') and line.endswith("}")]
+    assert [r["candidate"] for r in resumed] == [r["candidate"] for r in rows]
+    assert [r["metric_finetuned_test"] for r in resumed] == [r["metric_finetuned_test"] for r in rows]
+    truth = [r["metric_finetuned_test"] for r in resumed]
+    summary = json.loads((out / "fidelity.json").read_text())
+    assert summary["modes"]["plain"]["kendall_tau"] == pytest.approx(
+        kendall_tau([r["score_plain"] for r in resumed], truth), nan_ok=True)
+    other = subprocess.run([*command, "--flops-budget", "0.7"], cwd=REPO, env=script_env(isolated_home),
+                           capture_output=True, text=True, timeout=300)
+    assert other.returncode == 2 and "other settings" in other.stderr
