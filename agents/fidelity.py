@@ -131,6 +131,7 @@ def proxy_fidelity(target: Target, env_config: dict, budget: float, n_random: in
     wanted = {c.name for c in candidates}
     rows = [r for r in read_rows(rows_path) if r["candidate"] in wanted
             and all(f"score_{name}" in r for name in modes)]
+    rows_path.write_text("".join(json.dumps(r) + "\n" for r in rows))  # drops a line cut short
     done = {r["candidate"] for r in rows}
     evaluate_test = target.evaluator("test")
     todo = [c for c in candidates if c.name not in done]

@@ -1,7 +1,7 @@
 """Benchmark the environment: episodes per second and where the time goes.
 
     python scripts/bench_env.py --target cnn_cifar10 [--episodes 20] [--evaluation MODE] \
-        [--agent random_search] [--untrained]
+        [--agent random_search] [--untrained] [--no-cache]
 
 Runs episodes at the configured budget (random actions, or a searcher from
 ``agents.search.AGENTS`` learning for that many episodes) and prints seconds per episode,
@@ -38,13 +38,15 @@ def main() -> None:
     parser.add_argument("--untrained", action="store_true", help="a fresh network instead of the checkpoint")
     parser.add_argument("--agent", default="random", choices=["random", *AGENTS],
                         help="random actions, or a searcher that learns for --episodes episodes")
+    parser.add_argument("--no-cache", action="store_true", help="measure every episode (time a measurement)")
     add_evaluation_arguments(parser)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     target = target_from_args(args)
     config = load_config(target.name, overrides={"env": evaluation_overrides(args)})["env"]
     started = time.perf_counter()
-    env = PruningEnv(target, model=target.build_model() if args.untrained else None, **config)
+    env = PruningEnv(target, model=target.build_model() if args.untrained else None, **config,
+                     cache=not args.no_cache)
     setup = time.perf_counter() - started
     env.action_space.seed(0)
 
