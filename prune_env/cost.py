@@ -12,13 +12,14 @@ from __future__ import annotations
 import statistics
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from prune_env.layer_types import LayerTypes
 from prune_env.structure import PrunableLayer, trace_shapes
 
 
@@ -70,27 +71,12 @@ class _ModuleCost:
     out_fixed: int
 
 
-def _terms(module: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...]):
-    """(coef, power of input units, power of output units) per module type, fvcore's rules."""
-    if isinstance(module, nn.Conv2d):
-        k = module.kernel_size[0] * module.kernel_size[1] // module.groups
-        return ((float(out_shape[1] * out_shape[2] * k), 1, 1),)
-    if isinstance(module, nn.LSTM):
-        steps = in_shape[0] if module.batch_first else in_shape[1]
-        return ((4.0 * steps, 1, 1), (4.0 * steps, 0, 2))
-    if isinstance(module, nn.Linear):
-        rows = int(np.prod(in_shape[:-1])) if len(in_shape) > 1 else 1
-        return ((float(rows), 1, 1),)
-    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        per_channel = int(np.prod(in_shape[1:])) if len(in_shape) > 1 else 1
-        return ((float(per_channel * (2 if module.affine else 1)), 1, 0),)
-    return ()
-
-
 class FlopModel:
     """FLOPs of a sequential model as a function of the unit counts of its prunable layers."""
 
-    def __init__(self, model: nn.Sequential, layers: Sequence[PrunableLayer], example: torch.Tensor):
+    def __init__(self, model: nn.Sequential, layers: Sequence[PrunableLayer], example: torch.Tensor,
+                 layer_types: LayerTypes | None = None):
+        types = layer_types or LayerTypes()
         shapes = trace_shapes(model, example)
         feeding: dict[int, tuple[int, int]] = {}  # position -> (layer index, inputs per unit)
         for i, layer in enumerate(layers):
@@ -100,12 +86,12 @@ class FlopModel:
         self.units = np.array([layer.units for layer in layers], dtype=np.int64)
         self._costs = []
         for pos, module in enumerate(model):
-            terms = _terms(module, *shapes[pos])
+            kind = types.of(module)
+            terms = kind.flop_terms(module, *shapes[pos])
             if not terms:
                 continue
             in_layer, factor = feeding.get(pos, (None, 1))
-            in_fixed = shapes[pos][0][-1] if isinstance(module, (nn.Linear, nn.LSTM)) else shapes[pos][0][0]
-            out_fixed = shapes[pos][1][-1] if isinstance(module, (nn.Linear, nn.LSTM)) else shapes[pos][1][0]
+            in_fixed, out_fixed = kind.unit_extent(shapes[pos][0]), kind.unit_extent(shapes[pos][1])
             self._costs.append(_ModuleCost(terms, in_layer, in_fixed, factor, own.get(pos), out_fixed))
         self.base = self.flops(self.units)
 
@@ -129,17 +115,30 @@ class FlopModel:
         return out
 
 
+def median_ms(call: Callable[[], object], repeats: int = 20, warmup: int = 3, warmup_seconds: float = 0.2) -> float:
+    """Median wall time of ``call()`` in milliseconds over ``repeats`` runs, after at least
+    ``warmup`` untimed runs and ``warmup_seconds`` of them (a cold first run of a fresh
+    model or session is several times slower than a warm one). The one timer of the
+    project: PyTorch and onnxruntime latencies both come from it."""
+    started = time.perf_counter()
+    done = 0
+    while done < warmup or time.perf_counter() - started < warmup_seconds:
+        call()
+        done += 1
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
 @torch.no_grad()
 def measure_latency(model: nn.Module, example: torch.Tensor, repeats: int = 20, warmup: int = 3,
                     bf16: bool = False) -> dict:
-    """Median wall time of a forward pass, with the batch size and thread count used."""
+    """Median wall time of a forward pass (warm), with the batch size and thread count used."""
     model.eval()
-    times = []
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        for i in range(warmup + repeats):
-            start = time.perf_counter()
-            model(example)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-    return {"ms": 1000 * statistics.median(times), "batch_size": int(example.shape[0]),
+        ms = median_ms(lambda: model(example), repeats, warmup)
+    return {"ms": ms, "batch_size": int(example.shape[0]),
             "threads": torch.get_num_threads(), "repeats": repeats, "bf16": bf16}

@@ -33,13 +33,13 @@ class UnitMasks:
 
     def attach(self) -> None:
         for i, layer in enumerate(self.layers):
-            self._handles.append(self.model[layer.activation_position].register_forward_hook(self._hook(i)))
+            self._handles.append(self.model[layer.activation_position].register_forward_hook(self._hook(i, layer)))
 
-    def _hook(self, i: int):
+    def _hook(self, i: int, layer: PrunableLayer):
         def hook(_module, _inputs, output):
             mask = self.keep[i].to(output.dtype)
             shape = [1] * output.dim()
-            shape[1 if output.dim() == 4 else -1] = -1
+            shape[layer.unit_axis] = -1
             return output * mask.view(shape)
         return hook
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from functools import cached_property
 
 import numpy as np
@@ -11,6 +11,7 @@ from torch import nn
 
 from prune_env.cost import FlopModel
 from prune_env.importance import Importance, get_criterion
+from prune_env.layer_types import LayerType, LayerTypes
 from prune_env.stats import LayerStats, collect_stats
 from prune_env.structure import PrunableLayer, find_prunable_layers
 from prune_env.surgery import keep_count, prune_model, top_units
@@ -20,15 +21,18 @@ class Pruner:
     """Prunes copies of ``model``; the model itself is never modified.
 
     Statistics are measured lazily, once, on ``calibration_inputs`` (needed only by the
-    activation criterion and by observations).
+    activation criterion and by observations). ``layer_types`` adds module types beyond
+    the built-ins to this pruner's own registry (:mod:`prune_env.layer_types`).
     """
 
-    def __init__(self, model: nn.Sequential, example: torch.Tensor, calibration_inputs: torch.Tensor | None = None):
+    def __init__(self, model: nn.Sequential, example: torch.Tensor, calibration_inputs: torch.Tensor | None = None,
+                 layer_types: Iterable[LayerType] = ()):
         self.model = model.eval()
         self.example = example[:1]
         self.calibration_inputs = calibration_inputs
-        self.layers: list[PrunableLayer] = find_prunable_layers(model, self.example)
-        self.flop_model = FlopModel(model, self.layers, self.example)
+        self.layer_types = LayerTypes(layer_types)
+        self.layers: list[PrunableLayer] = find_prunable_layers(model, self.example, self.layer_types)
+        self.flop_model = FlopModel(model, self.layers, self.example, self.layer_types)
 
     @property
     def units(self) -> np.ndarray:
@@ -37,7 +41,7 @@ class Pruner:
     @cached_property
     def stats(self) -> LayerStats:
         inputs = self.calibration_inputs if self.calibration_inputs is not None else self.example
-        return collect_stats(self.model, self.layers, inputs)
+        return collect_stats(self.model, self.layers, inputs, layer_types=self.layer_types)
 
     def keep_counts(self, ratios: Sequence[float] | float) -> np.ndarray:
         """Units kept per layer at keep-ratios (one per layer, or one for all)."""
@@ -56,7 +60,7 @@ class Pruner:
 
     def prune_counts(self, counts: Sequence[int], criterion: str | Importance = "l1",
                      rng: np.random.Generator | None = None) -> nn.Sequential:
-        return prune_model(self.model, self.layers, self.keep_indices(counts, criterion, rng)).eval()
+        return prune_model(self.model, self.layers, self.keep_indices(counts, criterion, rng), self.layer_types).eval()
 
     def prune(self, ratios: Sequence[float] | float, criterion: str | Importance = "l1",
               rng: np.random.Generator | None = None) -> nn.Sequential:

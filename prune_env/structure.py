@@ -1,24 +1,23 @@
 """Which layers of a sequential network can be pruned, and what depends on them.
 
-Every target is an ``nn.Sequential``. A *prunable layer* is a conv, dense or LSTM layer
-whose output units feed a later conv, dense or LSTM layer (its *consumer*); the modules in
-between (batch norm, activations, pooling, dropout, flatten) pass its units through.
-Shapes are traced once with an example input, so flatten's channel-to-feature expansion
-and every layer's spatial size are known without running the network again.
+Every target is an ``nn.Sequential``. A *prunable layer* is a module that owns units
+(conv, dense, LSTM: :class:`~prune_env.layer_types.Role`) whose output units feed a later
+unit-owning module (its *consumer*); the modules in between (batch norm, activations,
+pooling, dropout, flatten) pass its units through. What each module does is asked of a
+:class:`~prune_env.layer_types.LayerTypes` registry. Shapes are traced once with an
+example input, so flatten's channel-to-feature expansion and every layer's spatial size
+are known without running the network again.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
-WEIGHTED = (nn.Conv2d, nn.Linear, nn.LSTM)
-"""Module types that own units (output channels, features, hidden units)."""
-CHANNEL_WISE = (nn.BatchNorm1d, nn.BatchNorm2d)
-"""Modules with per-unit parameters that pass their input units through."""
-ACTIVATIONS = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.LeakyReLU)
+from prune_env.layer_types import LayerTypes, Role
 
 
 @dataclass(frozen=True)
@@ -28,7 +27,7 @@ class PrunableLayer:
     position: int
     """Index of the layer in the sequential model."""
     kind: str
-    """``conv``, ``linear`` or ``lstm``."""
+    """Its family in observations: ``conv``, ``linear`` or ``lstm``."""
     units: int
     """Output units of the unpruned layer."""
     in_units: int
@@ -45,26 +44,8 @@ class PrunableLayer:
     """Position of the module whose output is read as this layer's activation (NGF)."""
     out_shape: tuple[int, ...]
     """Output shape of one example (channels first for conv)."""
-
-
-def kind_of(module: nn.Module) -> str:
-    if isinstance(module, nn.Conv2d):
-        return "conv"
-    if isinstance(module, nn.LSTM):
-        return "lstm"
-    if isinstance(module, nn.Linear):
-        return "linear"
-    raise TypeError(f"{type(module).__name__} is not a weighted layer")
-
-
-def unit_count(module: nn.Module, out: bool) -> int:
-    if isinstance(module, nn.Conv2d):
-        return module.out_channels if out else module.in_channels
-    if isinstance(module, nn.Linear):
-        return module.out_features if out else module.in_features
-    if isinstance(module, nn.LSTM):
-        return module.hidden_size if out else module.input_size
-    raise TypeError(type(module).__name__)
+    unit_axis: int = 1
+    """Dimension of a batched activation that indexes the units (1, or -1 for units last)."""
 
 
 @torch.no_grad()
@@ -84,36 +65,39 @@ def trace_shapes(model: nn.Sequential, example: torch.Tensor) -> list[tuple[tupl
     return shapes
 
 
-def find_prunable_layers(model: nn.Sequential, example: torch.Tensor) -> list[PrunableLayer]:
+def find_prunable_layers(model: nn.Sequential, example: torch.Tensor,
+                         layer_types: LayerTypes | None = None) -> list[PrunableLayer]:
     """All prunable layers of ``model`` in order."""
+    types = layer_types or LayerTypes()
     shapes = trace_shapes(model, example)
     modules = list(model)
     layers = []
     for pos, module in enumerate(modules):
-        if not isinstance(module, WEIGHTED):
+        own = types.of(module)
+        if own.role is not Role.OWNS_UNITS:
             continue
         channel_wise, activation_pos, per_unit, right_after = [], pos, 1, True
         for nxt in range(pos + 1, len(modules)):
             m = modules[nxt]
-            if isinstance(m, WEIGHTED):
-                if unit_count(m, out=False) != unit_count(module, out=True) * per_unit:
+            role = types.role(m)
+            if role is Role.OWNS_UNITS:
+                if types.of(m).units(m, out=False) != own.units(module, out=True) * per_unit:
                     raise ValueError(f"cannot follow units of layer {pos} into layer {nxt}")
+                kernel, stride = own.kernel_and_stride(module)
                 layers.append(PrunableLayer(
-                    position=pos, kind=kind_of(module), units=unit_count(module, out=True),
-                    in_units=unit_count(module, out=False),
-                    kernel=module.kernel_size[0] if isinstance(module, nn.Conv2d) else 1,
-                    stride=module.stride[0] if isinstance(module, nn.Conv2d) else 1,
+                    position=pos, kind=own.observed_kind, units=own.units(module, out=True),
+                    in_units=own.units(module, out=False), kernel=kernel, stride=stride,
                     channel_wise=tuple(channel_wise), consumer=nxt, features_per_unit=per_unit,
                     activation_position=activation_pos, out_shape=shapes[pos][1],
+                    unit_axis=1 if own.channels_first else -1,
                 ))
                 break
-            if isinstance(m, CHANNEL_WISE):
+            if role is Role.CARRIES_UNITS:
                 channel_wise.append(nxt)
-            right_after = right_after and isinstance(m, (*CHANNEL_WISE, *ACTIVATIONS))
+            right_after = right_after and role in (Role.CARRIES_UNITS, Role.ACTIVATION)
             if right_after:  # read activations after the norm and non-linearity that follow
                 activation_pos = nxt
-            if isinstance(m, nn.Flatten):
+            if role is Role.FLATTENS:
                 in_shape = shapes[nxt][0]
-                per_unit *= int(torch.tensor(in_shape[1:]).prod().item()) if len(in_shape) > 1 else 1
+                per_unit *= int(np.prod(in_shape[1:])) if len(in_shape) > 1 else 1
     return layers
-

@@ -1,0 +1,70 @@
+"""Pruning in rounds, the shape of Torch-Pruning's ``MetaPruner``: build it with a schedule
+of targets, then call :meth:`RoundPruner.step` once per round (fine-tune in between if you
+like). Each step re-measures the units' scores on the current network and keeps, under one
+global threshold on per-layer-normalised scores, as many units as the round's target allows.
+The scheduled NGF heuristic and the pruning sweeps both prune this way."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from prune_env.bisection import counts_within_flops
+from prune_env.importance import global_threshold_counts
+from prune_env.layer_types import LayerType
+from prune_env.pruner import Pruner
+
+RESOURCES = ("flops", "units")
+
+
+class RoundPruner:
+    """Prunes physically smaller copies of ``model`` in rounds.
+
+    - ``schedule``: the fraction of the *original* network's ``resource`` to keep after each
+      round (``flops``: FLOPs, at least ``floor`` units per layer; ``units``: all units).
+    - ``criterion``: ``activation`` (NGF) or ``l1``; scores are re-measured every round on
+      ``calibration_inputs``.
+
+    ``model`` is never modified; :attr:`model` is the network after the last step (the
+    caller may fine-tune it in place between steps).
+    """
+
+    def __init__(self, model: nn.Sequential, example: torch.Tensor, schedule: Sequence[float],
+                 calibration_inputs: torch.Tensor | None = None, criterion: str = "activation",
+                 resource: str = "flops", floor: np.ndarray | None = None, layer_types: Iterable[LayerType] = ()):
+        if resource not in RESOURCES:
+            raise ValueError(f"unknown resource {resource!r}; choose one of: {', '.join(RESOURCES)}")
+        if not schedule or any(not 0.0 < float(f) <= 1.0 for f in schedule):
+            raise ValueError(f"every round's target must lie in (0, 1], got {list(schedule)}")
+        if criterion not in ("activation", "l1"):
+            raise ValueError(f"rounds prune by 'activation' or 'l1', not {criterion!r}")
+        self.example, self.calibration_inputs = example, calibration_inputs
+        self.schedule, self.criterion, self.resource = [float(f) for f in schedule], criterion, resource
+        self.layer_types = tuple(layer_types)
+        original = Pruner(model, example, calibration_inputs, self.layer_types)
+        self.flop_model, self.units_total = original.flop_model, int(original.units.sum())
+        self.floor = np.ones_like(original.units) if floor is None else np.asarray(floor)
+        self.model: nn.Sequential = model
+        self.counts: np.ndarray = original.units.copy()
+        self.round = 0
+
+    def step(self) -> nn.Sequential:
+        """Prune to the next round's target; returns the new, smaller network."""
+        if self.round >= len(self.schedule):
+            raise RuntimeError(f"all {len(self.schedule)} rounds are done")
+        keep = self.schedule[self.round]
+        pruner = Pruner(self.model, self.example, self.calibration_inputs, self.layer_types)
+        scores = pruner.stats.activation if self.criterion == "activation" else pruner.stats.l1
+        counts_at = global_threshold_counts(scores)
+        if self.resource == "flops":
+            counts = counts_within_flops(self.flop_model.flops, counts_at, keep * self.flop_model.base,
+                                         self.floor, 0.0, 1.0)
+        else:
+            counts = np.minimum(counts_at(min(1.0, keep * self.units_total / pruner.units.sum())), pruner.units)
+        self.model = pruner.prune_counts(counts, self.criterion)
+        self.counts = counts
+        self.round += 1
+        return self.model
