@@ -12,9 +12,9 @@ import pandas as pd
 
 from agents import HEURISTICS, make_heuristic
 from agents.base import prune_with
-from agents.train import TrainRun, train_and_report
+from experiments.report import BaselineMeasurements, final_report
+from experiments.train import TrainRun, train_and_report
 from prune_env.env import PruningEnv
-from prune_env.report import final_report
 from target_models import Target
 
 HEURISTIC_NAMES = ("uniform", "l1", "ngf", "ngf_scheduled", "random")
@@ -29,11 +29,13 @@ def run_heuristics(target: Target, config: dict, budget: float, seeds: list[int]
                    names: tuple[str, ...] = HEURISTIC_NAMES, show_progress: bool = False) -> list[dict]:
     """Reports of every heuristic at one budget for every seed (one environment per criterion)."""
     envs: dict[str, PruningEnv] = {}
+    baselines: dict[str, BaselineMeasurements] = {}  # the unpruned network measured once per environment
     reports = []
     for name in names:
         criterion = HEURISTICS[name].preferred_criterion or config["env"].get("criterion", "l1")
         if criterion not in envs:
             envs[criterion] = PruningEnv(target, **{**config["env"], "flops_budget": budget, "criterion": criterion})
+            baselines[criterion] = BaselineMeasurements(envs[criterion])
         env = envs[criterion]
         for seed in seeds:
             started = time.perf_counter()
@@ -42,7 +44,7 @@ def run_heuristics(target: Target, config: dict, budget: float, seeds: list[int]
                                      search_seconds=time.perf_counter() - started, episodes=episodes,
                                      finetune_epochs=config["evaluate"]["finetune_epochs"],
                                      latency_batch_size=config["evaluate"]["latency_batch_size"],
-                                     show_progress=show_progress)
+                                     show_progress=show_progress, baseline=baselines[criterion])
             report["val_reward"] = record["reward"]
             reports.append(report)
             print(f"  {name:14s} budget {budget} seed {seed}: {report['metric_name']} "
@@ -104,7 +106,6 @@ def aggregate(table: pd.DataFrame) -> pd.DataFrame:
         search_seconds=("search_seconds", "mean"), episodes=("episodes", "mean"),
         first_beat_episode=("first_beat_episode", "mean"), first_beat_seconds=("first_beat_seconds", "mean"),
     ).reset_index()
-    result[["metric_pruned_std", "metric_finetuned_std"]] = result[["metric_pruned_std", "metric_finetuned_std"]].fillna(0.0)
     return result[list(RESULT_COLUMNS)]
 
 
@@ -113,6 +114,8 @@ def to_markdown(results: pd.DataFrame, table: pd.DataFrame) -> str:
     digits = 1 if table["metric_name"].iloc[0] == "mean_return" else 4
 
     def pm(mean: float, std: float) -> str:
+        if np.isnan(std):  # a single seed has no spread
+            return f"{mean:.{digits}f}"
         return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
     shown = pd.DataFrame({
@@ -130,23 +133,32 @@ def to_markdown(results: pd.DataFrame, table: pd.DataFrame) -> str:
 
 
 def plot_pareto(results: pd.DataFrame, table: pd.DataFrame, path: Path) -> None:
-    """Metric after fine-tuning against the FLOPs ratio, a line per policy, the unpruned point."""
+    """The metric before and after fine-tuning (two panels) against the FLOPs ratio, a line
+    per policy and the unpruned point. Policies are shifted apart a little along the x axis,
+    with their own markers, so that equal results do not hide each other."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for policy, rows in results.groupby("policy", sort=False):
-        rows = rows.sort_values("flops_ratio")
-        ax.errorbar(rows["flops_ratio"], rows["metric_finetuned_mean"], yerr=rows["metric_finetuned_std"],
-                    marker="o", capsize=3, label=policy)
-    ax.scatter([1.0], [table["metric_base"].mean()], marker="*", s=160, color="black", label="unpruned", zorder=5)
-    ax.set_xlabel("FLOPs ratio (pruned / unpruned)")
-    ax.set_ylabel(f"{table['metric_name'].iloc[0]} after fine-tuning (test)")
-    ax.set_title(f"{table['target'].iloc[0]}: metric against FLOPs")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    markers = "osD^v<>Ph*X"
+    policies = list(dict.fromkeys(results["policy"]))
+    spread = 0.004 * max(1, len(policies) - 1)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharex=True)
+    for ax, stage, title in ((axes[0], "metric_pruned", "before fine-tuning"),
+                             (axes[1], "metric_finetuned", "after fine-tuning")):
+        for k, policy in enumerate(policies):
+            rows = results[results["policy"] == policy].sort_values("flops_ratio")
+            shift = (k / max(1, len(policies) - 1) - 0.5) * spread if len(policies) > 1 else 0.0
+            ax.errorbar(rows["flops_ratio"] + shift, rows[f"{stage}_mean"], yerr=rows[f"{stage}_std"].fillna(0.0),
+                        marker=markers[k % len(markers)], capsize=3, alpha=0.85, label=policy)
+        ax.scatter([1.0], [table["metric_base"].mean()], marker="*", s=160, color="black", label="unpruned", zorder=5)
+        ax.set_xlabel("FLOPs ratio (pruned / unpruned)")
+        ax.set_ylabel(f"{table['metric_name'].iloc[0]} (test)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"{table['target'].iloc[0]}: metric against FLOPs")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -26,6 +26,7 @@ from agents.heuristics import HEURISTICS, make_heuristic
 from prune_env.cli import UsageError
 from prune_env.env import PruningEnv
 from prune_env.evaluation import EVALUATIONS, make_evaluation
+from prune_env.files import append_jsonl, write_json, write_jsonl
 from prune_env.ranking import kendall_tau, spearman_rho
 from target_models import Target
 
@@ -126,12 +127,12 @@ def proxy_fidelity(target: Target, env_config: dict, budget: float, n_random: in
     if settings_path.exists() and json.loads(settings_path.read_text()) != run_settings:
         raise UsageError(f"{out} holds candidates measured with other settings ({settings_path}); "
                          "use another --out or the same settings")
-    settings_path.write_text(json.dumps(run_settings, indent=2) + "\n")
+    write_json(settings_path, run_settings)
     rows_path = out / "candidates.jsonl"
     wanted = {c.name for c in candidates}
     rows = [r for r in read_rows(rows_path) if r["candidate"] in wanted
             and all(f"score_{name}" in r for name in modes)]
-    rows_path.write_text("".join(json.dumps(r) + "\n" for r in rows))  # drops a line cut short
+    write_jsonl(rows_path, rows)  # drops a line cut short
     done = {r["candidate"] for r in rows}
     evaluate_test = target.evaluator("test")
     todo = [c for c in candidates if c.name not in done]
@@ -139,14 +140,13 @@ def proxy_fidelity(target: Target, env_config: dict, budget: float, n_random: in
         row = measure_candidate(env_for(candidate.criterion), candidate, built, finetune_epochs,
                                 evaluate_test, seed)
         rows.append(row)
-        with rows_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_jsonl(rows_path, row)
     summary = {"target": target.name, "flops_budget": budget, "candidates": len(rows),
                "finetune_epochs": finetune_epochs, "metric_name": target.metric_name,
                "metric_base_val": env.metric_base, **settings, "val_size": env_config.get("val_size"),
                "seconds_ground_truth_per_candidate": float(np.mean([r["seconds_ground_truth"] for r in rows])),
                "modes": summarise(rows, list(modes))}
-    (out / "fidelity.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / "fidelity.json", summary)
     write_rows_csv(out / "candidates.csv", rows)
     return summary
 

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import copy
 import platform
-import weakref
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from prune_env.cli import write_json
 from prune_env.cost import measure_latency
 from prune_env.env import PruningEnv
+from prune_env.files import write_json
 
 REPORT_KEYS = (
     "target", "policy", "seed", "flops_budget", "keep_ratios", "flops_base", "flops_pruned", "params_base",
@@ -23,24 +22,65 @@ REPORT_KEYS = (
 EVALUATION_KEYS = ("evaluation", "bn_calibration_size", "finetune_steps")
 
 
+class BaselineMeasurements:
+    """The unpruned network's test-split measurements, each made once per environment.
+
+    Make one per :class:`PruningEnv` and pass it to every :func:`final_report` call on that
+    environment (``compare`` reports every heuristic and seed on one environment): the
+    test-split evaluator is built, the unpruned metric measured and the unpruned latency
+    timed (per batch size) only the first time they are asked for.
+    """
+
+    def __init__(self, env: PruningEnv):
+        self.env = env
+        self._evaluate = None
+        self._metric: float | None = None
+        self._latency: dict[int, dict] = {}
+
+    @property
+    def evaluate(self):
+        """The target's test-split evaluator (``evaluate(model) -> metric``)."""
+        if self._evaluate is None:
+            self._evaluate = self.env.target.evaluator("test")
+        return self._evaluate
+
+    @property
+    def metric(self) -> float:
+        """The unpruned network's test-split metric."""
+        if self._metric is None:
+            self._metric = self.evaluate(self.env.model)
+        return self._metric
+
+    def latency(self, batch_size: int) -> dict:
+        """:func:`measure_latency` of the unpruned network at ``batch_size``."""
+        if batch_size not in self._latency:
+            self._latency[batch_size] = measure_latency(self.env.model, self.env.target.example_input(batch_size))
+        return self._latency[batch_size]
+
+
 def final_report(env: PruningEnv, model: nn.Module, record: dict, *, policy: str, seed: int,
                  search_seconds: float, episodes: int, finetune_epochs: float = 1.0,
-                 latency_batch_size: int = 64, show_progress: bool = False) -> tuple[dict[str, Any], nn.Module]:
+                 latency_batch_size: int = 64, show_progress: bool = False,
+                 baseline: BaselineMeasurements | None = None) -> tuple[dict[str, Any], nn.Module]:
     """Test-split metrics before and after fine-tuning, and latency, for a pruned ``model``.
 
-    ``record`` is the environment's episode record of ``model``. Returns the report and
-    the fine-tuned model (``model`` itself is left as it is).
+    ``record`` is the environment's episode record of ``model``. ``baseline`` holds the
+    unpruned network's measurements on ``env`` (made here when not given; pass the same one
+    to every report on one environment to measure them once). Returns the report and the
+    fine-tuned model (``model`` itself is left as it is).
     """
     target = env.target
-    cached = _test_measurements(env)
-    evaluate_test = cached["evaluate"]
+    if baseline is None:
+        baseline = BaselineMeasurements(env)
+    elif baseline.env is not env:
+        raise ValueError("baseline measures another environment than env")
+    evaluate_test = baseline.evaluate
+    metric_base = baseline.metric
     finetuned = copy.deepcopy(model)
     if finetune_epochs > 0:
         target.finetune(finetuned, epochs=finetune_epochs, seed=seed, show_progress=show_progress)
     example = target.example_input(latency_batch_size)
-    if latency_batch_size not in cached["latency"]:
-        cached["latency"][latency_batch_size] = measure_latency(env.model, example)
-    base_latency = cached["latency"][latency_batch_size]
+    base_latency = baseline.latency(latency_batch_size)
     pruned_latency = measure_latency(finetuned, example)
     metric_pruned = evaluate_test(model)
     report = {
@@ -48,7 +88,7 @@ def final_report(env: PruningEnv, model: nn.Module, record: dict, *, policy: str
         "keep_ratios": record["keep_ratios"], "flops_base": record["flops_base"],
         "flops_pruned": record["flops_pruned"], "params_base": record["params_base"],
         "params_pruned": record["params_pruned"], "metric_name": target.metric_name,
-        "metric_base": cached["metric"], "metric_pruned": metric_pruned,
+        "metric_base": metric_base, "metric_pruned": metric_pruned,
         "metric_finetuned": evaluate_test(finetuned) if finetune_epochs > 0 else metric_pruned,
         "latency_ms_base": base_latency["ms"], "latency_ms_pruned": pruned_latency["ms"],
         "latency_batch_size": latency_batch_size, "search_seconds": round(search_seconds, 2),
@@ -62,19 +102,6 @@ def final_report(env: PruningEnv, model: nn.Module, record: dict, *, policy: str
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
     }
     return report, finetuned
-
-
-_TEST_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _test_measurements(env: PruningEnv) -> dict:
-    """Per environment, once: the test-split evaluator, the unpruned model's test metric
-    and its latency per batch size."""
-    cached = _TEST_CACHE.get(env)
-    if cached is None:
-        evaluate = env.target.evaluator("test")
-        cached = _TEST_CACHE[env] = {"evaluate": evaluate, "metric": evaluate(env.model), "latency": {}}
-    return cached
 
 
 def write_report(out_dir: str | Path, report: dict, config: dict) -> Path:

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agents.search import SearchMonitor, best_of, make_agent, restore_checkpoint, search
-from prune_env.cli import UsageError, write_json
+from experiments.report import final_report, write_report
+from prune_env.cli import UsageError
 from prune_env.env import PruningEnv
 from prune_env.export import export_all, save_pruned
-from prune_env.report import final_report, write_report
+from prune_env.files import write_json
 from prune_env.surgery import widths_of
 from target_models import Target
 
@@ -38,6 +39,33 @@ class TrainRun:
     """Record the first episode whose reward reaches this (e.g. the best heuristic's)."""
     show_progress: bool = True
     """Progress bars."""
+    baselines: tuple[str, ...] = ("uniform", "l1", "ngf")
+    """Single-shot heuristics played once each, with their own criterion, in the same
+    environment settings: their rewards are printed beside the agent's best, and the best
+    of them is the reference reward when none is given."""
+
+
+def play_baselines(target: Target, env_config: dict, names: tuple[str, ...]) -> dict[str, dict]:
+    """One episode of each heuristic in ``names`` (its own unit criterion); their records."""
+    from agents import make_policy
+    from agents.base import run_episode
+
+    records = {}
+    for name in names:
+        env, policy, _ = make_policy(name, target, env_config)
+        records[name] = run_episode(env, policy, seed=0)
+    return records
+
+
+def format_comparison(agent: str, record: dict, baselines: dict[str, dict]) -> str:
+    """The agent's best episode beside every baseline's, on the search's own reward."""
+    rows = [(agent, record), *baselines.items()]
+    best = max(baselines, key=lambda n: baselines[n]["reward"]) if baselines else None
+    lines = [f"  {'policy':<15} {'reward':>8} {'metric (val)':>13} {'FLOPs ratio':>12}"]
+    for name, r in rows:
+        mark = "  <- best heuristic" if name == best else ""
+        lines.append(f"  {name:<15} {r['reward']:8.4f} {r['metric_pruned_val']:13.4f} {r['flops_ratio']:12.3f}{mark}")
+    return "search reward (validation, before fine-tuning):\n" + "\n".join(lines)
 
 
 def refuse_changed_settings(saved_path: Path, resolved: dict) -> None:
@@ -61,16 +89,20 @@ def train_and_report(run: TrainRun) -> dict:
     if not target.has_checkpoint():
         print(f"{target.name} has no pretrained checkpoint yet ({target.checkpoint_path}); pretraining it first.")
         target.pretrain(show_progress=run.show_progress)
+    baselines = play_baselines(target, run.config["env"], run.baselines) if run.config["env"].get("flops_budget") else {}
+    reference = run.reference_reward
+    if reference is None and baselines:
+        reference = max(r["reward"] for r in baselines.values())
     started = time.perf_counter()
     env = PruningEnv(target, **run.config["env"])
     episodes = int(run.config["search"]["episodes"])
     monitor = SearchMonitor(env, out / "tensorboard", total_episodes=episodes,
-                            reference_reward=run.reference_reward, show_progress=run.show_progress)
+                            reference_reward=reference, show_progress=run.show_progress)
     resolved = {**run.config, "target": target.name, "agent_kind": run.agent, "seed": run.seed,
                 "checkpoint": str(target.checkpoint_path)}
     if run.resume:
         refuse_changed_settings(out / "config.json", resolved)
-        agent = restore_checkpoint(run.agent, env, monitor, out / "checkpoint", target.build_model)
+        agent = restore_checkpoint(run.agent, env, monitor, out / "checkpoint")
         print(f"resuming {out} at episode {monitor.episodes} of {episodes}")
     else:
         agent = make_agent(run.agent, env, run.config.get("agent"), seed=run.seed)
@@ -86,10 +118,17 @@ def train_and_report(run: TrainRun) -> dict:
         env, model, record, policy=run.agent, seed=run.seed, search_seconds=search_seconds,
         episodes=monitor.counted_episodes, finetune_epochs=run.config["evaluate"]["finetune_epochs"],
         latency_batch_size=run.config["evaluate"]["latency_batch_size"], show_progress=run.show_progress)
-    report["best_episode"] = record.get("episode")
+    episode = record.get("episode")
+    report["best_episode"] = episode if isinstance(episode, int) else None  # None: no episode was played
+    report["policy_mode"] = "best_episode" if isinstance(episode, int) else "deterministic"
     report["episodes_played"] = monitor.episodes
     report["first_beats_reference"] = monitor.first_beat
-    save_pruned(out / "pruned_model.pt", finetuned, target, widths_of(finetuned, env.layers),
+    report["best_reward"] = record["reward"]
+    report["baselines"] = {name: {k: r[k] for k in ("reward", "metric_pruned_val", "flops_ratio", "keep_ratios")}
+                           for name, r in baselines.items()}
+    if baselines:
+        print(format_comparison(run.agent, record, baselines))
+    save_pruned(out / "pruned_model.pt", finetuned, widths_of(finetuned, env.layers), target=target,
                 meta={"keep_ratios": report["keep_ratios"], "metric_finetuned": report["metric_finetuned"]})
     if run.export:
         report["export"] = export_all(finetuned, env.model, target, out)

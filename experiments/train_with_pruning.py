@@ -1,6 +1,7 @@
 """Training loops that prune while they train: supervised classifiers and REINFORCE on a
 Gymnasium environment. Each run writes config.json, results.json and a plot of its curves
-under ``results/<task>/<dataset or env>/<model>/<run name>/``."""
+under ``results/<task>/<dataset or env>/<model>/<run name>/``; :func:`compare_runs`
+aggregates those runs into comparison plots and a table."""
 
 from __future__ import annotations
 
@@ -11,15 +12,17 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from prune_env.during_training import TrainingPruner
+from prune_env.export import save_pruned
+from prune_env.files import write_json
 from prune_env.structure import find_prunable_layers
 from prune_env.surgery import widths_of
-from target_models.checkpoints import atomic_save
 from target_models.cnn import build_cnn
 from target_models.data import CIFAR10, FASHION_MNIST, MNIST, load_image_classification
 from target_models.images import CIFAR10_MEAN, CIFAR10_STD, random_crop_flip, to_image_tensor
@@ -255,10 +258,9 @@ def save_run(out_dir: Path, config: dict, results: dict, model: nn.Sequential, e
     """config.json, results.json, model.pt (the saved, physically pruned model: state dict
     and widths of its prunable layers) and curves.png."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    widths = widths_of(model, find_prunable_layers(model, example))
-    atomic_save({"state_dict": model.state_dict(), "meta": {"widths": widths, **config}}, out_dir / "model.pt")
+    write_json(out_dir / "config.json", config)
+    write_json(out_dir / "results.json", results)
+    save_pruned(out_dir / "model.pt", model, widths_of(model, find_prunable_layers(model, example)), meta=config)
     plot_curves(results, out_dir / "curves.png")
 
 
@@ -292,3 +294,47 @@ def plot_curves(results: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def load_runs(root: Path, task: str) -> pd.DataFrame:
+    """One row per ``<root>/<task>/<dataset or env>/<model>/<run>/results.json``."""
+    rows = []
+    for path in sorted((root / task).glob("*/*/*/results.json")):
+        r = json.loads(path.read_text())
+        metric = r["test_accuracy"] if task == "supervised" else r["mean_return_last_100"]
+        rows.append({"group": path.parts[-4], "model": path.parts[-3], "run": path.parts[-2], "method": r["method"],
+                     "metric": metric, "pruning_rate": r["pruning_rate"], "params_after": r["params_after"],
+                     "seconds": r["training_seconds"]})
+    return pd.DataFrame(rows)
+
+
+def compare_runs(runs: pd.DataFrame, root: Path, task: str) -> pd.DataFrame:
+    """Mean and standard deviation per method of :func:`load_runs`' ``runs``; for each
+    dataset (or environment) and model, the final metric against the pruning rate in
+    ``<root>/<task>/<dataset>_<model>_comparison.png``; the table in
+    ``<root>/<task>/comparison.csv``. Returns the table."""
+    metric_name = "test accuracy" if task == "supervised" else "mean return (last 100 episodes)"
+    table = runs.groupby(["group", "model", "method"], sort=False).agg(
+        runs=("run", "count"), metric_mean=("metric", "mean"), metric_std=("metric", "std"),
+        pruning_rate=("pruning_rate", "mean"), params_after=("params_after", "mean"), seconds=("seconds", "mean"),
+    ).reset_index().fillna({"metric_std": 0.0})
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for (group, model), rows in table.groupby(["group", "model"], sort=False):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for _, row in rows.iterrows():
+            ax.errorbar(row["pruning_rate"], row["metric_mean"], yerr=row["metric_std"], marker="o", capsize=3,
+                        linestyle="none", label=f"{row['method']} ({row['runs']} runs)")
+        ax.set(xlabel="pruning rate (share of parameters removed)", ylabel=metric_name, title=f"{group} / {model}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = root / task / f"{group}_{model}_comparison.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        print(f"wrote {path}")
+    table.to_csv(root / task / "comparison.csv", index=False)
+    return table

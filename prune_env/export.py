@@ -20,10 +20,18 @@ from target_models.checkpoints import CheckpointError, atomic_save, load_checkpo
 FORMATS = ("torchscript", "onnx")
 
 
-def save_pruned(path: str | Path, model: nn.Module, target: Target, widths: list[int], meta: dict | None = None) -> None:
-    """A state dict plus the widths that rebuild its architecture (``target.build_model(widths)``)."""
+def save_pruned(path: str | Path, model: nn.Module, widths: list[int], *, target: Target | None = None,
+                meta: dict | None = None) -> None:
+    """The one way a physically pruned network is saved: its state dict, the widths that
+    rebuild its architecture and ``meta``, written atomically.
+
+    With ``target``, its name is recorded and :func:`load_pruned` rebuilds the network with
+    ``target.build_model(widths)``; without (networks not from the target registry, such as
+    the ones ``train_with_pruning`` trains), only the widths and ``meta`` are recorded.
+    """
     atomic_save({"state_dict": model.state_dict(),
-                 "meta": {"target": target.name, "widths": [int(w) for w in widths], **(meta or {})}}, path)
+                 "meta": {**({"target": target.name} if target is not None else {}),
+                          "widths": [int(w) for w in widths], **(meta or {})}}, path)
 
 
 def load_pruned(path: str | Path, target: Target) -> nn.Module:
