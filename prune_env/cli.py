@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from prune_env.config import ConfigError
 from target_models import (
     TARGETS,
     CheckpointError,
@@ -24,13 +24,65 @@ class UsageError(ValueError):
     """Bad input from the command line, reported without a traceback."""
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The script's docstring as written, and every optional flag's default after its help
+    (unless the help already says what the default is)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if ("default" in help_text or action.default is argparse.SUPPRESS or action.required
+                or not action.option_strings):
+            return help_text
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            return f"{help_text} (default: {'on' if action.default else 'off'})"
+        if action.default is None:
+            return f"{help_text} (default: not set)"
+        return f"{help_text} (default: %(default)s)"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse`` with the project's help format and one-line errors: ``error: ...`` on
+    stderr and exit status 2, like every other user mistake."""
+
+    def __init__(self, description: str | None = None, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(description=description, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def make_parser(doc: str | None) -> ArgumentParser:
+    """The parser every script starts from (``doc``: the script's docstring)."""
+    return ArgumentParser(description=doc)
+
+
+def target_name(name: str) -> str:
+    """``--target``: a name in the registry (an argparse ``type``)."""
+    if name not in TARGETS:
+        raise argparse.ArgumentTypeError(f"unknown target {name!r}; choose one of: {', '.join(TARGETS)}")
+    return name
+
+
+def positive_int(text: str) -> int:
+    """A count of at least 1 (an argparse ``type``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     """``--target``, ``--data-dir`` and ``--limit``."""
-    parser.add_argument("--target", required=True, help=f"one of: {', '.join(TARGETS)}")
+    parser.add_argument("--target", required=True, type=target_name, metavar="TARGET",
+                        help=f"the network to prune, one of: {', '.join(TARGETS)}")
     parser.add_argument("--data-dir", default=None,
                         help="local data in the hub's parquet layout (default: $PRUNE_ENV_DATA_DIR, else the hub)")
-    parser.add_argument("--limit", type=int, default=None,
-                        help="use only the first N rows of each data split (quick trials)")
+    parser.add_argument("--limit", type=positive_int, default=None,
+                        help="use only the first N rows of each data split, for quick trials (default: every row)")
     parser.add_argument("--checkpoint", default=None,
                         help="a pretrained checkpoint file to use instead of the project's own "
                              "(default: <target>.pt in $PRUNE_ENV_CHECKPOINTS, else the cache)")
@@ -43,9 +95,11 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--evaluation", default=None, choices=list(EVALUATIONS),
                         help="how a candidate is prepared before it is measured (default: the target's config)")
     parser.add_argument("--bn-calibration-size", type=int, default=None,
-                        help="training examples that re-estimate batch-norm statistics (adaptive_bn)")
+                        help="training examples that re-estimate batch-norm statistics, adaptive_bn "
+                             "(default: the target's config)")
     parser.add_argument("--finetune-steps", type=int, default=None,
-                        help="optimiser steps before each measurement (the finetune evaluation)")
+                        help="optimiser steps before each measurement, finetune evaluation "
+                             "(default: the target's config)")
 
 
 def evaluation_overrides(args: argparse.Namespace) -> dict:
@@ -62,13 +116,36 @@ def check_fraction(flag: str, value: float | None) -> None:
         raise UsageError(f"{flag} must lie in (0, 1], got {value}")
 
 
+def parse_fractions(text: str, flag: str, upper_open: bool = False) -> list[float]:
+    """Numbers separated by commas, each in (0, 1] (or (0, 1) with ``upper_open``)."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise UsageError(f"{flag} must be numbers separated by commas: {exc}") from exc
+    if not values or any(not 0 < v <= 1 or (upper_open and v == 1) for v in values):
+        raise UsageError(f"{flag} must lie in (0, {'1)' if upper_open else '1]'}, got {text}")
+    return values
+
+
+def parse_counts(text: str, flag: str, minimum: int = 1) -> list[int]:
+    """Whole numbers separated by commas, each at least ``minimum``."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise UsageError(f"{flag} must be whole numbers separated by commas: {exc}") from exc
+    if not values or min(values) < minimum:
+        raise UsageError(f"{flag} must be at least {minimum} each, got {text}")
+    return values
+
+
 def check_at_least(flag: str, value: int | None, minimum: int) -> None:
     """A count of at least ``minimum``, or None when not given."""
     if value is not None and value < minimum:
         raise UsageError(f"{flag} must be at least {minimum}, got {value}")
 
 
-def check_budget_reachable(target: Target, budget: float | None, min_keep: float) -> None:
+def check_budget_reachable(target: Target, budget: float | None, min_keep: float,
+                           flag: str = "--flops-budget") -> None:
     """Refuse a FLOPs budget below what ``min_keep`` allows, before any work starts."""
     from prune_env.env import lowest_flops_ratio
 
@@ -76,7 +153,7 @@ def check_budget_reachable(target: Target, budget: float | None, min_keep: float
         return
     lowest = lowest_flops_ratio(target, min_keep)
     if budget < lowest * 0.999:
-        raise UsageError(f"--flops-budget {budget} is below the {lowest:.3f} that min_keep={min_keep} allows "
+        raise UsageError(f"{flag} {budget} is below the {lowest:.3f} that min_keep={min_keep} allows "
                          f"on {target.name}; choose a budget of at least {lowest:.3f} or a smaller min_keep")
 
 
@@ -102,10 +179,32 @@ def prepare_run_folder(out: Path, resume: bool, force: bool = False) -> None:
                 path.unlink()
 
 
+def check_out_folder(out: str | Path, results: tuple[str, ...] = ("report.json",), force: bool = False) -> Path:
+    """``--out`` of a script that writes ``results`` there: a folder (new or existing), and
+    one that already holds them only with ``--force``. Checked before any work starts."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a folder for the results")
+    held = [name for name in results if (out / name).exists()]
+    if held and not force:
+        raise UsageError(f"--out {out} already holds results ({', '.join(held)}); pass --force to overwrite "
+                         "them or choose another folder")
+    return out
+
+
 def target_from_args(args: argparse.Namespace) -> Target:
     if args.checkpoint is not None and not Path(args.checkpoint).expanduser().is_file():
         raise UsageError(f"--checkpoint {args.checkpoint}: no such file")
     return get_target(args.target, data_dir=args.data_dir, limit=args.limit, checkpoint=args.checkpoint)
+
+
+USER_ERRORS = (UnknownTargetError, CheckpointError, DataUnavailableError, UsageError, ConfigError, FileNotFoundError)
+"""Errors caused by the user's input: :func:`run_main` reports them in one line, exit status 2."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An error's message on one line (whitespace runs, newlines included, become one space)."""
+    return " ".join(str(exc).split()) or exc.__class__.__name__
 
 
 def run_main(main: Callable[[], object]) -> None:
@@ -120,15 +219,11 @@ def run_main(main: Callable[[], object]) -> None:
     signal.signal(signal.SIGTERM, interrupt)
     try:
         main()
-    except (UnknownTargetError, CheckpointError, DataUnavailableError, UsageError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except USER_ERRORS as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted; progress so far is saved", file=sys.stderr)
         sys.exit(130)
 
 
-def write_json(path: str | Path, payload: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")

@@ -1,62 +1,188 @@
-"""User mistakes end in one clear line and exit code 2, before any work starts."""
+"""User mistakes end in one clear line and exit code 2, before any work starts; every flag
+has help that shows its default; command-line choices come from the registries."""
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
+import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
+from pathlib import Path
 
 import pytest
-from conftest import REPO, script_env
 
+from tests.helpers import REPO, script_env
 
-def _run(isolated_home, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=REPO, env=script_env(isolated_home),
-                          capture_output=True, text=True, timeout=120)
+SCRIPTS = sorted(p.name for p in (REPO / "scripts").glob("*.py"))
+CARTPOLE = ["--target", "cartpole_policy", "--limit", "64"]
+TRAIN = ["scripts/train_agent.py", *CARTPOLE]
+EVALUATE = ["scripts/evaluate.py", *CARTPOLE]
+COMPARE = ["scripts/compare.py", *CARTPOLE]
+DURING = ["scripts/train_with_pruning.py"]
 
-
-@pytest.mark.parametrize("flags, message", [
-    (["--flops-budget", "1.5"], "--flops-budget must lie in (0, 1], got 1.5"),
-    (["--flops-budget", "0"], "--flops-budget must lie in (0, 1], got 0.0"),
-    (["--flops-budget", "0.01"], "is below the"),
-    (["--episodes", "0"], "--episodes must be at least 1, got 0"),
-    (["--episodes", "-5"], "--episodes must be at least 1, got -5"),
-    (["--finetune-steps", "0"], "--finetune-steps must be at least 1, got 0"),
-    (["--agent", "dqn"], "invalid choice: 'dqn'"),
-])
-def test_train_agent_rejects_bad_input_before_pretraining(isolated_home, tmp_path, flags, message):
-    result = _run(isolated_home, "scripts/train_agent.py", "--target", "cartpole_policy",
-                  "--out", str(tmp_path / "run"), *flags)
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert message in result.stderr and "Traceback" not in result.stderr
-    assert not (isolated_home / "checkpoints" / "cartpole_policy.pt").exists(), "pretrained before checking"
-
-
-def test_train_agent_refuses_a_file_or_an_existing_run_as_out(isolated_home, tmp_path):
-    a_file = tmp_path / "file.txt"
-    a_file.write_text("x")
-    result = _run(isolated_home, "scripts/train_agent.py", "--target", "cartpole_policy", "--out", str(a_file))
-    assert result.returncode == 2 and "is a file" in result.stderr
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.json").write_text("{}")
-    result = _run(isolated_home, "scripts/train_agent.py", "--target", "cartpole_policy", "--out", str(run))
-    assert result.returncode == 2 and "--resume to continue it or --force" in result.stderr
-    result = _run(isolated_home, "scripts/train_agent.py", "--target", "cartpole_policy", "--resume",
-                  "--out", str(tmp_path / "none"))
-    assert result.returncode == 2 and "holds no run to continue" in result.stderr
-
-
-@pytest.mark.parametrize("args, message", [
-    (["scripts/compare.py", "--target", "cartpole_policy", "--seeds", "0", "--out", "x"],
-     "--seeds must be at least 1, got 0"),
-    (["scripts/compare.py", "--target", "cartpole_policy", "--train-agents", "ppo,sac", "--out", "x"],
-     "unknown agents ['sac']"),
-    (["scripts/proxy_fidelity.py", "--target", "cartpole_policy", "--candidates", "1", "--out", "x"],
-     "--candidates must be at least 2, got 1"),
-    (["scripts/evaluate.py", "--target", "cartpole_policy", "--policy", "l1", "--flops-budget", "2", "--out", "x"],
+# (id, command line with {w} for a scratch folder, what stderr must say). Every one must be
+# refused by the argument checks, before any pretraining, data loading, search or download.
+MISTAKES = [
+    ("budget-above-1", [*TRAIN, "--flops-budget", "1.5", "--out", "{w}/new"], "--flops-budget must lie in (0, 1], got 1.5"),
+    ("budget-0", [*TRAIN, "--flops-budget", "0", "--out", "{w}/new"], "--flops-budget must lie in (0, 1], got 0.0"),
+    ("budget-below-min-keep", [*TRAIN, "--flops-budget", "0.01", "--out", "{w}/new"],
+     "--flops-budget 0.01 is below the"),
+    ("episodes-0", [*TRAIN, "--episodes", "0", "--out", "{w}/new"], "--episodes must be at least 1, got 0"),
+    ("episodes-negative", [*TRAIN, "--episodes", "-5", "--out", "{w}/new"], "--episodes must be at least 1, got -5"),
+    ("finetune-steps-0", [*TRAIN, "--finetune-steps", "0", "--out", "{w}/new"],
+     "--finetune-steps must be at least 1, got 0"),
+    ("unknown-agent", [*TRAIN, "--agent", "dqn", "--out", "{w}/new"], "invalid choice: 'dqn'"),
+    ("unknown-target", ["scripts/train_agent.py", "--target", "vgg", "--out", "{w}/new"], "unknown target 'vgg'"),
+    ("limit-0", ["scripts/train_agent.py", "--target", "cartpole_policy", "--limit", "0", "--out", "{w}/new"],
+     "argument --limit: must be at least 1, got 0"),
+    ("out-is-a-file", [*TRAIN, "--out", "{w}/file.txt"], "--out {w}/file.txt is a file"),
+    ("out-is-a-run", [*TRAIN, "--out", "{w}/run"], "already holds a run; pass --resume to continue it or --force"),
+    ("resume-nothing", [*TRAIN, "--resume", "--out", "{w}/new"], "holds no run to continue"),
+    ("config-unknown-key", [*TRAIN, "--config", "{w}/typo.yaml", "--out", "{w}/new"],
+     "unknown key 'flops_budgte' in section env; valid keys: flops_budget, reward"),
+    ("config-wrong-type", [*TRAIN, "--config", "{w}/wrong_type.yaml", "--out", "{w}/new"],
+     "env.min_keep must be a number, got 'lots'"),
+    ("config-missing", [*TRAIN, "--config", "{w}/missing.yaml", "--out", "{w}/new"], "no such file"),
+    ("policy-L1", [*EVALUATE, "--policy", "L1", "--out", "{w}/eval"],
+     "unknown policy 'L1' (did you mean l1?): the heuristics are uniform, l1, ngf"),
+    ("policy-report-json", [*EVALUATE, "--policy", "{w}/run/report.json", "--out", "{w}/eval"],
+     "{w}/run/report.json is not a saved agent"),
+    ("policy-not-a-checkpoint", [*EVALUATE, "--policy", "{w}/run/agent.pt", "--out", "{w}/eval"],
+     "cannot read {w}/run/agent.pt as a saved agent"),
+    ("policy-run-without-agent", [*EVALUATE, "--policy", "{w}/run", "--out", "{w}/eval"], "holds no saved agent"),
+    ("evaluate-budget", [*EVALUATE, "--policy", "l1", "--flops-budget", "2", "--out", "{w}/eval"],
      "--flops-budget must lie in (0, 1], got 2.0"),
-])
-def test_scripts_reject_bad_ranges_in_one_line(isolated_home, args, message):
-    result = _run(isolated_home, *args)
-    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    ("evaluate-out-is-a-file", [*EVALUATE, "--policy", "l1", "--out", "{w}/file.txt"], "is a file"),
+    ("evaluate-out-has-results", [*EVALUATE, "--policy", "l1", "--out", "{w}/run"],
+     "already holds results (report.json); pass --force"),
+    ("seeds-0", [*COMPARE, "--seeds", "0", "--out", "{w}/cmp"], "--seeds must be at least 1, got 0"),
+    ("compare-unknown-agent", [*COMPARE, "--train-agents", "ppo,sac", "--out", "{w}/cmp"], "unknown agents ['sac']"),
+    ("compare-unknown-heuristic", [*COMPARE, "--heuristics", "l1,L2", "--out", "{w}/cmp"],
+     "unknown heuristics ['L2']; choose from uniform, l1"),
+    ("compare-budgets", [*COMPARE, "--flops-budgets", "0.3,1.4", "--out", "{w}/cmp"],
+     "--flops-budgets must lie in (0, 1]"),
+    ("compare-runs-missing", [*COMPARE, "--runs", "{w}/new", "--out", "{w}/cmp"], "holds no report.json"),
+    ("candidates-1", ["scripts/proxy_fidelity.py", *CARTPOLE, "--candidates", "1", "--out", "{w}/fid"],
+     "--candidates must be at least 2, got 1"),
+    ("rl-episodes-negative", [*DURING, "--task", "rl", "--episodes", "-5"], "--episodes must be at least 1, got -5"),
+    ("supervised-epochs-0", [*DURING, "--task", "supervised", "--epochs", "0"], "--epochs must be at least 1, got 0"),
+    ("schedule-beyond-episodes", [*DURING, "--task", "rl", "--episodes", "100", "--pruning-method", "ngf_scheduled",
+                                  "--pruning-start", "200", "--pruning-end", "600"],
+     "prunes last after period 600, beyond the run's 100 episodes"),
+    ("critical-period-beyond-epochs", [*DURING, "--task", "supervised", "--epochs", "3", "--pruning-method", "ngf",
+                                       "--critical-start", "3"], "beyond the run's 3 epochs"),
+    ("keep-fraction-0", [*DURING, "--task", "rl", "--keep-fraction", "0"], "--keep-fraction must lie in (0, 1]"),
+    ("prune-fraction-1", [*DURING, "--task", "rl", "--pruning-method", "magnitude", "--prune-fraction", "1"],
+     "--prune-fraction must lie in [0, 1)"),
+    ("sweep-fractions", ["scripts/sweep.py", *CARTPOLE, "--method", "l1", "--fractions", "0,0.5", "--out", "{w}/sw"],
+     "--fractions must lie in (0, 1)"),
+    ("bench-latency-budgets", ["scripts/bench_latency.py", *CARTPOLE, "--flops-budgets", "0.5,2"],
+     "--flops-budgets must lie in (0, 1]"),
+    ("export-not-a-run", ["scripts/export.py", "--run", "{w}/new"], "{w}/new/config.json not found"),
+    ("pretrain-epochs-0", ["scripts/pretrain.py", *CARTPOLE, "--epochs", "0"], "--epochs must be above 0, got 0.0"),
+]
+
+
+@pytest.fixture(scope="module")
+def mistakes(tmp_path_factory) -> tuple[Path, Path, dict[str, subprocess.CompletedProcess]]:
+    """Every mistake run at once (two at a time per core): the scratch folder, the home
+    folder and each command's result."""
+    w = tmp_path_factory.mktemp("mistakes")
+    home = tmp_path_factory.mktemp("home")
+    (w / "file.txt").write_text("x")
+    (w / "run").mkdir()
+    (w / "run" / "config.json").write_text("{}")
+    (w / "run" / "report.json").write_text("{}")
+    (w / "run" / "agent.pt").write_text('{"not": "a checkpoint"}')
+    (w / "typo.yaml").write_text("env:\n  flops_budgte: 0.4\n")
+    (w / "wrong_type.yaml").write_text("env:\n  min_keep: lots\n")
+
+    def run(command: list[str]) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, *(a.format(w=w) for a in command)], cwd=REPO,
+                              env=script_env(home), capture_output=True, text=True, timeout=300)
+
+    with ThreadPoolExecutor(max_workers=2 * (os.cpu_count() or 1)) as pool:
+        results = dict(zip([m[0] for m in MISTAKES], pool.map(run, [m[1] for m in MISTAKES]), strict=True))
+    return w, home, results
+
+
+@pytest.mark.parametrize("name, command, message", MISTAKES, ids=[m[0] for m in MISTAKES])
+def test_a_mistake_ends_in_one_line_before_any_work(mistakes, name, command, message):
+    w, home, results = mistakes
+    result = results[name]
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert message.format(w=w) in lines[0] and "Traceback" not in result.stderr
+    assert "weights_only" not in result.stderr
+    assert not (home / "checkpoints").exists() or not any((home / "checkpoints").iterdir()), "pretrained first"
+    assert not (w / "new").exists() and not (w / "eval").exists() and not (w / "cmp").exists()
+
+
+@cache
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"script_{name[:-3]}", REPO / "scripts" / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _parser(name: str) -> argparse.ArgumentParser:
+    return _script(name).build_parser()
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_every_flag_has_help_that_shows_its_default(name):
+    parser = _parser(name)
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        assert action.help and action.help.strip(), f"{name}: {action.option_strings} has no help"
+        if not action.required:
+            assert "default" in formatter._get_help_string(action), f"{name}: {action.option_strings} hides its default"
+    text = parser.format_help()
+    assert "(default: None)" not in text and parser.description in text
+
+
+def test_choices_come_from_the_registries():
+    from agents import HEURISTICS
+    from agents.search import AGENTS
+    from experiments.train_with_pruning import DATASETS, MODELS
+    from prune_env.during_training import PRUNERS
+    from prune_env.evaluation import EVALUATIONS
+    from prune_env.importance import CRITERIA
+    from prune_env.rewards import REWARDS
+
+    def choices(script: str, flag: str) -> list:
+        return next(a.choices for a in _parser(script)._actions if flag in a.option_strings)
+
+    assert choices("train_agent.py", "--agent") == list(AGENTS)
+    assert choices("train_agent.py", "--reward") == list(REWARDS)
+    assert choices("train_agent.py", "--evaluation") == list(EVALUATIONS)
+    assert choices("evaluate.py", "--criterion") == list(CRITERIA)
+    assert choices("inspect_target.py", "--criterion") == list(CRITERIA)
+    assert choices("bench_env.py", "--agent") == ["random", *AGENTS]
+    assert choices("train_with_pruning.py", "--pruning-method") == list(PRUNERS)
+    assert choices("train_with_pruning.py", "--dataset") == list(DATASETS)
+    assert choices("train_with_pruning.py", "--model") == list(MODELS)
+    assert all(h in _parser("evaluate.py").format_help() for h in HEURISTICS)
+
+
+@pytest.mark.parametrize("method", ["none", "ngf", "ngf_scheduled", "magnitude"])
+def test_every_pruner_is_built_from_its_flags(method):
+    from prune_env.during_training import PRUNERS
+
+    script = _script("train_with_pruning.py")
+    args = script.build_parser().parse_args(["--task", "rl", "--pruning-method", method])
+    assert set(script.pruner_flags(PRUNERS[method]).values()) <= set(vars(args))
+    assert type(script.make_pruner(args)) is PRUNERS[method]
+
+
+def test_help_runs_as_a_script():
+    result = subprocess.run([sys.executable, "scripts/train_agent.py", "--help"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "(default: ppo)" in result.stdout and "--flops-budget" in result.stdout
