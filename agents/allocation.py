@@ -10,6 +10,7 @@ from collections.abc import Callable
 import gymnasium as gym
 import numpy as np
 
+from prune_env.bisection import counts_within_flops
 from prune_env.env import PruningEnv
 
 
@@ -17,14 +18,7 @@ def counts_meeting_budget(env: PruningEnv, counts_at: Callable[[float], np.ndarr
                           lo: float, hi: float) -> np.ndarray:
     """Unit counts ``counts_at(x)`` (FLOPs rising with x, at least ``min_keep``) for the x
     whose FLOPs come closest to ``budget`` from below, found by bisection."""
-
-    def counts(x: float) -> np.ndarray:
-        return np.maximum(counts_at(x), env.min_counts)
-
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if env.flop_model.flops(counts(mid)) <= budget else (lo, mid)
-    return counts(lo)
+    return counts_within_flops(env.flop_model.flops, counts_at, budget, env.min_counts, lo, hi)
 
 
 def meet_budget(env: PruningEnv | gym.Env, ratios: np.ndarray) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, Protocol
 
 import numpy as np
@@ -18,6 +19,18 @@ class Agent(Protocol):
                 deterministic: bool = True) -> tuple[np.ndarray, Any]: ...
 
 
+class PrunesInRounds(ABC):
+    """A policy that prunes over several rounds (the network changes between them), so it
+    is not one episode of the environment: it runs itself and answers ``predict`` with the
+    keep-ratios it reached."""
+
+    rounds: int
+
+    @abstractmethod
+    def run(self) -> tuple[Any, dict]:
+        """Prune in rounds; the final model and its record (an episode's record)."""
+
+
 def run_episode(env: PruningEnv, agent: Agent, seed: int | None = None, deterministic: bool = True) -> dict:
     """Play one episode; returns the final ``info["report"]`` (``env.last_model`` holds the model)."""
     obs, _ = env.reset(seed=seed)
@@ -31,7 +44,7 @@ def run_episode(env: PruningEnv, agent: Agent, seed: int | None = None, determin
 def prune_with(env: PruningEnv, policy, seed: int = 0) -> tuple[Any, dict, int]:
     """The pruned model, its record and the episodes it took, for any policy: one
     deterministic episode, or the policy's own ``run()`` for those that prune in rounds."""
-    if hasattr(policy, "run"):
+    if isinstance(policy, PrunesInRounds):
         model, record = policy.run()
         return model, record, policy.rounds
     record = run_episode(env, policy, seed=seed)

@@ -14,9 +14,10 @@ import numpy as np
 import torch
 
 from agents.allocation import counts_meeting_budget, sample_allocation
+from agents.base import PrunesInRounds
 from prune_env.env import PruningEnv
 from prune_env.importance import global_threshold_counts
-from prune_env.pruner import Pruner
+from prune_env.rounds import RoundPruner
 from prune_env.schedules import polynomial_decay
 
 
@@ -36,7 +37,7 @@ class HeuristicPolicy:
         raise NotImplementedError
 
     def predict(self, observation, state=None, episode_start=None, deterministic=True):
-        layer = self.env.layer_index(observation)
+        layer = self.env.unwrapped.current_layer
         return np.array([self.keep_ratios[layer]], dtype=np.float32), state
 
     def _meet_budget(self, counts_at: Callable[[float], np.ndarray], lo: float, hi: float) -> np.ndarray:
@@ -74,6 +75,20 @@ class NGFPolicy(HeuristicPolicy):
         return self._meet_budget(global_threshold_counts(self.env.pruner.stats.activation), 0.0, 1.0)
 
 
+class FixedAllocation:
+    """Plays given keep-ratios, one per layer: a saved run's best network, rebuilt."""
+
+    name = "fixed"
+
+    def __init__(self, env: PruningEnv, keep_ratios, name: str = "fixed"):
+        if len(keep_ratios) != env.n_layers:
+            raise ValueError(f"{len(keep_ratios)} keep-ratios for {env.n_layers} prunable layers")
+        self.env, self.keep_ratios, self.name = env, np.asarray(keep_ratios, dtype=np.float64), name
+
+    def predict(self, observation, state=None, episode_start=None, deterministic=True):
+        return np.array([self.keep_ratios[self.env.unwrapped.current_layer]], dtype=np.float32), state
+
+
 class RandomPolicy(HeuristicPolicy):
     """Random keep-ratios, each uniform in [min_keep, 1], scaled together to meet the budget."""
 
@@ -83,7 +98,7 @@ class RandomPolicy(HeuristicPolicy):
         return sample_allocation(self.env, np.random.default_rng(self.seed))
 
 
-class ScheduledNGF:
+class ScheduledNGF(PrunesInRounds):
     """NGF reached over several rounds: prune to a FLOPs target that decays polynomially
     towards the budget, ``target_k = B + (1 - B) * (1 - k / rounds) ** power``, re-measuring
     activations and fine-tuning briefly between rounds. Works on the environment's model,
@@ -108,23 +123,20 @@ class ScheduledNGF:
     def run(self) -> tuple[torch.nn.Module, dict]:
         """Prune in rounds; returns the final model and its record (as an episode's)."""
         env = self.env
-        model = env.model
-        counts = np.array(env.units)
-        for k, target_ratio in enumerate(self.flops_targets(), start=1):
-            pruner = Pruner(model, env.target.example_input(), env.pruner.calibration_inputs)
-            new_counts = counts_meeting_budget(env, global_threshold_counts(pruner.stats.activation),
-                                               target_ratio * env.flops_base, 0.0, 1.0)
-            model = pruner.prune_counts(new_counts, "activation")
-            counts = new_counts
+        rounds = RoundPruner(env.model, env.target.example_input(), self.flops_targets(), env.pruner.calibration_inputs,
+                             "activation", resource="flops", floor=env.min_counts, layer_types=env.pruner.layer_types.extra)
+        for k in range(1, self.rounds + 1):
+            model = rounds.step()
             if k < self.rounds and self.finetune_epochs > 0:
                 env.target.finetune(model, epochs=self.finetune_epochs, seed=self.seed + k)
+        counts = rounds.counts
         self.keep_ratios = counts / env.units
         return model, env.measure(model, env.score(model), keep_counts=counts)
 
     def predict(self, observation, state=None, episode_start=None, deterministic=True):
         if self.keep_ratios is None:
             raise RuntimeError("call run() first: ngf_scheduled prunes in rounds, not in one episode")
-        return np.array([self.keep_ratios[self.env.layer_index(observation)]], dtype=np.float32), state
+        return np.array([self.keep_ratios[self.env.unwrapped.current_layer]], dtype=np.float32), state
 
 
 HEURISTICS = {cls.name: cls for cls in (UniformPolicy, L1Policy, NGFPolicy, RandomPolicy, ScheduledNGF)}

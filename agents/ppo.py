@@ -85,8 +85,8 @@ class PPOAgent:
         rollouts = max(1, math.ceil(total_episodes / self.episodes_per_update))
         for _ in range(rollouts):
             self.model.learn(self.hparams["n_steps"], reset_num_timesteps=False)
-            if callback is not None:
-                callback(self)
+            if callback is not None and callback(self) is False:
+                break
         return self
 
     def save(self, path: str | Path) -> None:
@@ -102,7 +102,9 @@ class PPOAgent:
             raise CheckpointError(f"cannot read PPO agent {path} ({exc.__class__.__name__}: {exc})") from exc
         if model.observation_space.shape != env.observation_space.shape:
             raise CheckpointError(f"{path} was trained on another environment")
+        clip_range = model.clip_range(1.0) if callable(model.clip_range) else model.clip_range  # SB3 keeps a schedule
         agent = cls(env, _model=model, n_steps=model.n_steps, batch_size=model.batch_size,
                     learning_rate=model.learning_rate, gamma=model.gamma, n_epochs=model.n_epochs,
-                    ent_coef=model.ent_coef, seed=model.seed or 0)
+                    ent_coef=model.ent_coef, clip_range=float(clip_range),
+                    net_arch=tuple(model.policy_kwargs.get("net_arch", (64, 64))), seed=model.seed or 0)
         return agent

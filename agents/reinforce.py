@@ -64,7 +64,7 @@ class ReinforceLayerAgents:
         return (m + (1 - m) * torch.sigmoid(z)).detach().numpy().astype(np.float32)
 
     def predict(self, observation, state=None, episode_start=None, deterministic=True):
-        layer = self.env.layer_index(observation)
+        layer = self.env.unwrapped.current_layer
         with torch.no_grad():
             dist = self.policies[layer](torch.as_tensor(observation, dtype=torch.float32))
             z = dist.mean if deterministic else dist.sample()
@@ -72,7 +72,7 @@ class ReinforceLayerAgents:
 
     def learn(self, total_episodes: int, env=None, callback=None) -> ReinforceLayerAgents:
         """Play ``total_episodes`` more episodes in ``env`` (default: the agent's own, maybe
-        wrapped), updating after every batch. ``callback(agent)`` runs after each update."""
+        wrapped), updating after every batch. ``callback(agent)`` runs after each update; ``False`` from it stops."""
         env = env or self.env
         target = self.episodes_done + total_episodes
         while self.episodes_done < target:
@@ -80,15 +80,15 @@ class ReinforceLayerAgents:
             log_probs, entropies, rewards = [], [], []
             for i in range(n):  # episode seeds depend only on (seed, episode number): resumable
                 seed = int(np.random.default_rng((self.hparams["seed"], self.episodes_done + i)).integers(2**31))
-                obs, _ = env.reset(seed=seed)
+                obs, info = env.reset(seed=seed)
                 episode_logp, episode_entropy = [], []
                 done = False
                 while not done:
-                    dist = self.policies[self.env.layer_index(obs)](torch.as_tensor(obs))
+                    dist = self.policies[info["layer"]](torch.as_tensor(obs))
                     z = dist.sample()
                     episode_logp.append(dist.log_prob(z))
                     episode_entropy.append(dist.entropy())
-                    obs, reward, terminated, truncated, _ = env.step(self._to_ratio(z).reshape(1))
+                    obs, reward, terminated, truncated, info = env.step(self._to_ratio(z).reshape(1))
                     done = terminated or truncated
                 log_probs.append(torch.stack(episode_logp).sum())
                 entropies.append(torch.stack(episode_entropy).sum())
@@ -101,8 +101,8 @@ class ReinforceLayerAgents:
             loss.backward()
             self.optimizer.step()
             self.episodes_done += n
-            if callback is not None:
-                callback(self)
+            if callback is not None and callback(self) is False:
+                break
         return self
 
     def save(self, path: str | Path) -> None:

@@ -9,16 +9,24 @@ so that ``resume`` continues from the saved episode count without losing episode
 
 from __future__ import annotations
 
-import copy
 import time
+import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from agents.callbacks import (
+    BestModelCallback,
+    CallbackList,
+    FirstBeatCallback,
+    ProgressBarCallback,
+    SearchCallback,
+    TensorBoardCallback,
+)
 from agents.ppo import PPOAgent
 from agents.reinforce import ReinforceLayerAgents
 from agents.searchers import Evolution, RandomSearch
@@ -32,7 +40,10 @@ AGENT_FILES = {"ppo": "agent.zip", "reinforce": "agent.pt", "random_search": "ag
 
 
 class SearchMonitor(gym.Wrapper):
-    """Records every finished episode of a :class:`PruningEnv`.
+    """Records every finished episode of a :class:`PruningEnv` and hands it to callbacks
+    (:mod:`agents.callbacks`): by default the best network, a progress bar, TensorBoard
+    (with ``log_dir``) and the first episode that reaches ``reference_reward``; add others,
+    such as :class:`~agents.callbacks.EarlyStopping`, through ``callbacks``.
 
     With ``total_episodes`` set, only the first ``total_episodes`` episodes are candidates
     for the best network: agents that update in whole rollouts (PPO) may play a few more,
@@ -40,22 +51,21 @@ class SearchMonitor(gym.Wrapper):
     gets exactly the same number of measured candidates."""
 
     def __init__(self, env: PruningEnv, log_dir: str | Path | None = None, total_episodes: int | None = None,
-                 reference_reward: float | None = None, show_progress: bool = True):
+                 reference_reward: float | None = None, show_progress: bool = True,
+                 callbacks: Iterable[SearchCallback] = ()):
         super().__init__(env)
         self.limit = total_episodes
         self.episodes, self.seconds = 0, 0.0
-        self.best_record: dict[str, Any] | None = None
-        self.best_model: torch.nn.Module | None = None
         self.rewards: list[float] = []
-        self.reference_reward = reference_reward
-        self.first_beat: dict[str, float] | None = None
-        self._writer = None
+        self.stop_requested = False
+        defaults: list[SearchCallback] = [
+            BestModelCallback(), ProgressBarCallback(total_episodes, f"search {env.target.name}", show_progress)]
         if log_dir is not None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = SummaryWriter(str(log_dir))
-        self._bar = tqdm(total=total_episodes, desc=f"search {env.target.name}", unit="episode",
-                         disable=not show_progress, dynamic_ncols=True)
+            defaults.append(TensorBoardCallback(log_dir))
+        if reference_reward is not None:
+            defaults.append(FirstBeatCallback(reference_reward))
+        self.callbacks = CallbackList([*defaults, *callbacks])
+        self.callbacks.init_callback(self)
         self._started = time.perf_counter()
 
     def step(self, action):
@@ -69,53 +79,43 @@ class SearchMonitor(gym.Wrapper):
         """Episodes that were candidates for the best network (at most ``total_episodes``)."""
         return len(self.rewards)
 
+    @property
+    def best_record(self) -> dict[str, Any] | None:
+        return self.callbacks.find(BestModelCallback).best_record
+
+    @property
+    def best_model(self) -> torch.nn.Module | None:
+        return self.callbacks.find(BestModelCallback).best_model
+
+    @property
+    def first_beat(self) -> dict[str, float] | None:
+        found = self.callbacks.find(FirstBeatCallback)
+        return None if found is None else found.first_beat
+
     def _record(self, record: dict) -> None:
         self.episodes += 1
         if self.limit is not None and len(self.rewards) >= self.limit:
             return  # beyond the episode budget: played to finish a rollout, never a candidate
         self.rewards.append(float(record["reward"]))
-        now = self.seconds + time.perf_counter() - self._started
-        if self.best_record is None or record["reward"] > self.best_record["reward"]:
-            self.best_record = {**record, "episode": len(self.rewards)}
-            self.best_model = copy.deepcopy(self.env.unwrapped.last_model)
-        if (self.reference_reward is not None and self.first_beat is None
-                and record["reward"] >= self.reference_reward):
-            self.first_beat = {"episode": self.episodes, "seconds": round(now, 2)}
-        if self._writer is not None:
-            w, n = self._writer, self.episodes
-            w.add_scalar("prune/reward", record["reward"], n)
-            w.add_scalar("prune/metric", record["metric_pruned_val"], n)
-            w.add_scalar("prune/flops_ratio", record["flops_ratio"], n)
-            w.add_scalar("prune/best_reward", self.best_record["reward"], n)
-            for i, ratio in enumerate(record["keep_ratios"]):
-                w.add_scalar(f"prune/keep_ratio_{i}", ratio, n)
-        self._bar.update(1)
-        self._bar.set_postfix(reward=f"{record['reward']:.4f}", best=f"{self.best_record['reward']:.4f}")
+        if not self.callbacks.on_episode(record):
+            self.stop_requested = True
 
     def elapsed(self) -> float:
         return self.seconds + time.perf_counter() - self._started
 
     def state(self) -> dict:
         """What a checkpoint needs to resume the search (loadable with ``weights_only``)."""
-        best = self.best_model
         return {"episodes": self.episodes, "seconds": self.elapsed(), "rewards": self.rewards,
-                "best_record": self.best_record, "first_beat": self.first_beat,
-                "best_model": None if best is None else best.state_dict()}
+                "stop_requested": self.stop_requested, "callbacks": self.callbacks.state()}
 
-    def restore(self, state: dict, build_model) -> None:
+    def restore(self, state: dict) -> None:
         self.episodes, self.seconds, self.rewards = state["episodes"], state["seconds"], list(state["rewards"])
-        self.best_record, self.first_beat = state["best_record"], state["first_beat"]
-        if state["best_model"] is not None:
-            self.best_model = build_model(self.best_record["keep_counts"])
-            self.best_model.load_state_dict(state["best_model"])
-            self.best_model.eval()
-        self._bar.update(self.counted_episodes)
+        self.stop_requested = state.get("stop_requested", False)
+        self.callbacks.restore(state["callbacks"])
         self._started = time.perf_counter()
 
     def close(self) -> None:
-        self._bar.close()
-        if self._writer is not None:
-            self._writer.close()
+        self.callbacks.on_search_end()
 
 
 def make_agent(kind: str, env: PruningEnv, hparams: dict | None = None, seed: int = 0):
@@ -124,9 +124,13 @@ def make_agent(kind: str, env: PruningEnv, hparams: dict | None = None, seed: in
     return AGENTS[kind](env, seed=seed, **(hparams or {}))
 
 
-def load_agent(path: str | Path, env: PruningEnv):
-    """A saved agent from its file, or from a run folder that holds one."""
-    path = Path(path)
+def agent_file(path: str | Path) -> tuple[str, Path]:
+    """The kind and file of a saved agent, given its file or a run folder that holds one;
+    a :class:`CheckpointError` in one line otherwise. Reads only the file's header (PPO) or
+    its small ``.pt`` dictionary: a cheap check before any work starts."""
+    path = Path(path).expanduser()
+    expected = (f"expected a run folder of scripts/train_agent.py or its checkpoint/"
+                f"{{{','.join(AGENT_FILES.values())}}}")
     if path.is_dir():
         found = [path / "checkpoint" / f for f in AGENT_FILES.values() if (path / "checkpoint" / f).exists()]
         if not found:
@@ -135,7 +139,18 @@ def load_agent(path: str | Path, env: PruningEnv):
         path = found[0]
     if not path.exists():
         raise CheckpointError(f"no agent at {path}; train one with scripts/train_agent.py")
-    kind = "ppo" if path.suffix == ".zip" else saved_kind(path)
+    if path.suffix == ".zip":
+        if not zipfile.is_zipfile(path) or "policy.pth" not in zipfile.ZipFile(path).namelist():
+            raise CheckpointError(f"{path} is not a saved PPO agent (no stable-baselines3 policy inside); {expected}")
+        return "ppo", path
+    if path.suffix != ".pt":
+        raise CheckpointError(f"{path} is not a saved agent; {expected}")
+    return saved_kind(path), path
+
+
+def load_agent(path: str | Path, env: PruningEnv):
+    """A saved agent from its file, or from a run folder that holds one."""
+    kind, path = agent_file(path)
     return AGENTS[kind].load(path, env)
 
 
@@ -143,8 +158,9 @@ def saved_kind(path: str | Path) -> str:
     """The agent kind stored in a ``.pt`` agent checkpoint."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"cannot read agent checkpoint {path} ({exc})") from exc
+    except Exception as exc:  # the message of torch's error is long and advises unsafe loading: not repeated
+        raise CheckpointError(f"cannot read {path} as a saved agent ({exc.__class__.__name__}); it is not an agent "
+                              "checkpoint written by scripts/train_agent.py") from exc
     kind = ckpt.get("kind") if isinstance(ckpt, dict) else None
     if kind not in AGENTS or kind == "ppo":
         raise CheckpointError(f"{path} holds no known agent (kind {kind!r}); expected one of: "
@@ -159,12 +175,13 @@ def search(agent, env: PruningEnv, monitor: SearchMonitor, episodes: int, checkp
     both agree on the episode count; an interruption loses at most the episodes of the
     update in progress, and ``--resume`` continues from the count saved last."""
 
-    def after_update(_agent) -> None:
+    def after_update(_agent) -> bool:
         if checkpoint_dir is not None:
             save_checkpoint(agent, monitor, checkpoint_dir)
+        return not monitor.stop_requested  # False stops the agent's learn loop
 
     remaining = episodes - monitor.counted_episodes
-    if remaining > 0:
+    if remaining > 0 and not monitor.stop_requested:
         agent.learn(remaining, env=monitor, callback=after_update)
 
 
@@ -174,13 +191,13 @@ def save_checkpoint(agent, monitor: SearchMonitor, checkpoint_dir: Path) -> None
     atomic_save(monitor.state(), checkpoint_dir / "search_state.pt")
 
 
-def restore_checkpoint(kind: str, env: PruningEnv, monitor: SearchMonitor, checkpoint_dir: Path, build_model):
+def restore_checkpoint(kind: str, env: PruningEnv, monitor: SearchMonitor, checkpoint_dir: Path):
     """The agent and monitor saved in ``checkpoint_dir``."""
     agent_path, state_path = checkpoint_dir / AGENT_FILES[kind], checkpoint_dir / "search_state.pt"
     if not agent_path.exists() or not state_path.exists():
         raise CheckpointError(f"nothing to resume in {checkpoint_dir}: no {agent_path.name} and search_state.pt")
     agent = AGENTS[kind].load(agent_path, env)
-    monitor.restore(torch.load(state_path, weights_only=True), build_model)
+    monitor.restore(torch.load(state_path, weights_only=True))
     if agent.episodes_done != monitor.episodes:
         raise CheckpointError(f"{checkpoint_dir}: agent ({agent.episodes_done}) and search ({monitor.episodes}) "
                               "episode counts disagree")

@@ -128,8 +128,8 @@ class RandomSearch(_AllocationSearch):
             for _ in range(n):
                 ratios, reset_seed = self._planned(self.episodes_done)
                 self._play(env, ratios, reset_seed)
-            if callback is not None:
-                callback(self)
+            if callback is not None and callback(self) is False:
+                break
         return self
 
 
@@ -198,8 +198,8 @@ class Evolution(_AllocationSearch):
             complete = len(self.fitness) == self._generation_size()
             if complete:
                 self._select()
-            if callback is not None and (complete or self.episodes_done == target):
-                callback(self)
+            if callback is not None and (complete or self.episodes_done == target) and callback(self) is False:
+                break
         return self
 
     def _state(self) -> dict[str, Any]:

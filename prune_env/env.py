@@ -11,18 +11,20 @@ import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
+from gymnasium.error import ResetNeeded
 from torch import nn
 
+from prune_env.bisection import largest_int, smallest_int
 from prune_env.cost import count_params
 from prune_env.evaluation import make_evaluation
 from prune_env.importance import get_criterion
+from prune_env.layer_types import OBSERVED_KINDS, LayerType
 from prune_env.pruner import Pruner
 from prune_env.rewards import get_reward
 from prune_env.surgery import keep_count
 from target_models import Target, get_target
 
 N_FEATURES = 22
-KINDS = ("conv", "linear", "lstm")
 
 
 class PruningEnv(gym.Env):
@@ -56,7 +58,10 @@ class PruningEnv(gym.Env):
     ``cache_misses`` count them.
 
     ## Episode end
-    Terminates after one step per prunable layer; never truncates.
+    Terminates after one step per prunable layer; never truncates. ``step()`` before the
+    first ``reset()`` or after the last step raises Gymnasium's ``ResetNeeded``. The info
+    dict of ``reset`` and ``step`` holds ``layer``, the index of the layer the next action
+    is for (also :attr:`current_layer`): policies read it there, never from a feature.
 
     ## Arguments
     - ``target``: a registered target name or :class:`Target`.
@@ -69,6 +74,7 @@ class PruningEnv(gym.Env):
       ``bn_calibration_size`` (``adaptive_bn``) and ``finetune_steps`` (``finetune``).
     - ``cache``: reuse the record of keep counts measured before.
     - ``model``: the network to prune (default: the target's pretrained checkpoint).
+    - ``layer_types``: module types beyond the built-ins (:mod:`prune_env.layer_types`).
     - ``data_dir``, ``limit``: passed to the target when ``target`` is a name.
 
     The environment never edits ``model``: each episode prunes a copy.
@@ -97,6 +103,7 @@ class PruningEnv(gym.Env):
         bn_calibration_size: int = 1024,
         finetune_steps: int = 20,
         cache: bool = True,
+        layer_types: tuple[LayerType, ...] | list[LayerType] = (),
     ):
         super().__init__()
         self.target = get_target(target, data_dir, limit) if isinstance(target, str) else target
@@ -110,7 +117,8 @@ class PruningEnv(gym.Env):
         self.reward_name, self.reward_kwargs = reward, dict(reward_kwargs or {})
         self._reward_fn, self._importance = get_reward(reward), get_criterion(criterion)
         self.model = (model if model is not None else self.target.load_pretrained()).eval()
-        self.pruner = Pruner(self.model, self.target.example_input(), self.target.calibration_inputs(calibration_size))
+        self.pruner = Pruner(self.model, self.target.example_input(), self.target.calibration_inputs(calibration_size),
+                             layer_types)
         self.layers, self.flop_model = self.pruner.layers, self.pruner.flop_model
         self.n_layers = len(self.layers)
         self.units = self.pruner.units
@@ -120,7 +128,7 @@ class PruningEnv(gym.Env):
         lowest = self.flop_model.flops(self.min_counts) / self.flops_base
         if flops_budget is not None and lowest > flops_budget * 1.001:
             raise ValueError(f"flops_budget {flops_budget} is below what min_keep={min_keep} allows ({lowest:.3f})")
-        self.metric_scale = 500.0 if self.target.metric_name == "mean_return" else 1.0
+        self.metric_scale = float(self.target.metric_scale)
         self.evaluation = make_evaluation(evaluation, self.target, bn_calibration_size, finetune_steps)
         self._evaluate = self.target.evaluator("val", val_size)
         self.metric_base = self._evaluate(self.model)
@@ -134,6 +142,7 @@ class PruningEnv(gym.Env):
         self.action_space = spaces.Box(np.float32(self.min_keep), np.float32(1.0), shape=(1,), dtype=np.float32)
         self.observation_space = spaces.Box(0.0, 1.0, shape=(N_FEATURES,), dtype=np.float32)
         self._t, self._counts = 0, np.array(self.units)
+        self._needs_reset = True
 
     # ---- Gymnasium API -------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -141,11 +150,13 @@ class PruningEnv(gym.Env):
         self._t = 0
         self._counts = np.array(self.units)
         self._last_model, self._last_counts = None, None
+        self._needs_reset = False
         return self._observation(), {"layer": 0}
 
     def step(self, action):
-        if self._t >= self.n_layers:
-            raise RuntimeError("episode is over; call reset()")
+        if self._needs_reset:
+            raise ResetNeeded("call env.reset() before step(): " + (
+                "the episode is over" if self._t >= self.n_layers else "no episode has started"))
         ratio = self._check_action(action)
         lo, hi = self._bounds
         wanted = keep_count(ratio, int(self.units[self._t]))
@@ -153,6 +164,7 @@ class PruningEnv(gym.Env):
         self._t += 1
         if self._t < self.n_layers:
             return self._observation(), 0.0, False, False, {"layer": self._t}
+        self._needs_reset = True
         report = self._finish_episode()
         return self._observation(), float(report["reward"]), True, False, {"layer": self._t, "report": report}
 
@@ -249,9 +261,9 @@ class PruningEnv(gym.Env):
             return lo_n, hi_n
         budget = self.flops_budget * self.flops_base
         # largest n whose most-pruned completion still fits the budget
-        hi = _largest(lo_n, hi_n, lambda n: self._flops_with(t, n, self.min_counts) <= budget)
+        hi = largest_int(lo_n, hi_n, lambda n: self._flops_with(t, n, self.min_counts) <= budget)
         # smallest n whose unpruned completion still reaches the budget
-        lo = _smallest(lo_n, hi_n, lambda n: self._flops_with(t, n, self.units) >= budget)
+        lo = smallest_int(lo_n, hi_n, lambda n: self._flops_with(t, n, self.units) >= budget)
         if lo <= hi:
             return lo, hi
         # the budget falls between two counts: take the one that lands closer to it
@@ -274,7 +286,7 @@ class PruningEnv(gym.Env):
         for i, layer in enumerate(self.layers):
             act, l1 = stats.activation[i].double(), stats.l1[i].double()
             rows.append([
-                i / max(1, self.n_layers - 1), *(float(layer.kind == k) for k in KINDS),
+                i / max(1, self.n_layers - 1), *(float(layer.kind == k) for k in OBSERVED_KINDS),
                 layer.in_units / widest, layer.units / widest, layer.kernel / 7.0, layer.stride / 4.0,
                 layer_flops[i],
                 act_means[i] / max(act_means.max(), 1e-12), _spread(act), _share_below(act, 0.1),
@@ -301,11 +313,8 @@ class PruningEnv(gym.Env):
 
     @property
     def current_layer(self) -> int:
+        """Index of the layer the next action is for (``n_layers`` once the episode is over)."""
         return self._t
-
-    def layer_index(self, obs: np.ndarray) -> int:
-        """The layer an observation describes (its first feature)."""
-        return int(round(float(np.asarray(obs).reshape(-1, N_FEATURES)[0, 0]) * max(1, self.n_layers - 1)))
 
 
 def lowest_flops_ratio(target: Target, min_keep: float) -> float:
@@ -329,23 +338,3 @@ def _share_below(x: torch.Tensor, fraction: float) -> float:
 def _quartile(x: torch.Tensor) -> float:
     top = float(x.max())
     return float(torch.quantile(x, 0.25)) / top if top > 0 else 0.0
-
-
-def _largest(lo: int, hi: int, ok) -> int:
-    """Largest n in [lo, hi] with ok(n) for a predicate true up to some point (lo if none)."""
-    if not ok(lo):
-        return lo
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if ok(mid) else (lo, mid - 1)
-    return lo
-
-
-def _smallest(lo: int, hi: int, ok) -> int:
-    """Smallest n in [lo, hi] with ok(n) for a predicate true from some point on (hi if none)."""
-    if not ok(hi):
-        return hi
-    while lo < hi:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if ok(mid) else (mid + 1, hi)
-    return lo

@@ -19,7 +19,7 @@ def tradeoff_reward(metric: float, flops_ratio: float, flops: float, weight: flo
     return metric - weight * flops_ratio
 
 
-def log_flops_reward(metric: float, flops: float, flops_ratio: float) -> float:
+def log_flops_reward(metric: float, flops_ratio: float, flops: float) -> float:
     """AMC's R_FLOPs: minus the error times the log of the FLOPs."""
     return -(1.0 - metric) * math.log(max(flops, 1.0))
 

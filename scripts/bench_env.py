@@ -22,7 +22,9 @@ from agents.search import AGENTS, make_agent
 from prune_env.cli import (
     add_evaluation_arguments,
     add_target_arguments,
+    check_at_least,
     evaluation_overrides,
+    make_parser,
     run_main,
     target_from_args,
 )
@@ -31,19 +33,25 @@ from prune_env.env import PruningEnv
 from target_models.training import accuracy, predict_logits
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser(__doc__)
     add_target_arguments(parser)
-    parser.add_argument("--episodes", type=int, default=20)
+    parser.add_argument("--episodes", type=int, default=20, help="episodes to time (after one warm-up episode)")
     parser.add_argument("--untrained", action="store_true", help="a fresh network instead of the checkpoint")
     parser.add_argument("--agent", default="random", choices=["random", *AGENTS],
                         help="random actions, or a searcher that learns for --episodes episodes")
     parser.add_argument("--no-cache", action="store_true", help="measure every episode (time a measurement)")
     add_evaluation_arguments(parser)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    check_at_least("--episodes", args.episodes, 1)
+    config = load_config(args.target, overrides={"env": evaluation_overrides(args)})["env"]
+    agent_config = None if args.agent == "random" else load_config(args.target, args.agent)["agent"]
     target = target_from_args(args)
-    config = load_config(target.name, overrides={"env": evaluation_overrides(args)})["env"]
     started = time.perf_counter()
     env = PruningEnv(target, model=target.build_model() if args.untrained else None, **config,
                      cache=not args.no_cache)
@@ -64,7 +72,7 @@ def main() -> None:
         for seed in range(args.episodes):
             episode(seed)
     else:
-        make_agent(args.agent, env, load_config(target.name, args.agent).get("agent"), seed=0).learn(args.episodes)
+        make_agent(args.agent, env, agent_config, seed=0).learn(args.episodes)
     total = time.perf_counter() - started
     played = int(env.timings["episodes"])
     t = env.timings

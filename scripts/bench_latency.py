@@ -12,17 +12,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 from agents.base import run_episode
 from agents.heuristics import UniformPolicy
-from prune_env.cli import add_target_arguments, run_main, target_from_args
-from prune_env.cost import measure_latency
+from prune_env.cli import (
+    add_target_arguments,
+    check_budget_reachable,
+    make_parser,
+    parse_counts,
+    parse_fractions,
+    run_main,
+    target_from_args,
+)
+from prune_env.cost import measure_latency, median_ms
 from prune_env.env import PruningEnv
 from prune_env.export import export_onnx
 
@@ -34,31 +40,32 @@ def onnx_latency(path: Path, example: torch.Tensor, repeats: int = 20, warmup: i
     options.intra_op_num_threads = torch.get_num_threads()
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     feed = {"input": example.numpy()}
-    times = []
-    for i in range(warmup + repeats):
-        start = time.perf_counter()
-        session.run(None, feed)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    return median_ms(lambda: session.run(None, feed), repeats, warmup)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser(__doc__)
+    add_target_arguments(parser)
+    parser.add_argument("--flops-budgets", default="0.3,0.5,0.7",
+                        help="fractions of the FLOPs to keep, each in (0, 1], separated by commas")
+    parser.add_argument("--batch-sizes", default="1,64", help="batch sizes to time, separated by commas")
+    parser.add_argument("--untrained", action="store_true", help="time a fresh network (no checkpoint needed)")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    return parser
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_target_arguments(parser)
-    parser.add_argument("--flops-budgets", default="0.3,0.5,0.7")
-    parser.add_argument("--batch-sizes", default="1,64")
-    parser.add_argument("--untrained", action="store_true", help="time a fresh network (no checkpoint needed)")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    args = build_parser().parse_args()
+    budgets = parse_fractions(args.flops_budgets, "--flops-budgets")
+    batches = parse_counts(args.batch_sizes, "--batch-sizes")
     target = target_from_args(args)
+    check_budget_reachable(target, min(budgets), 0.1, flag="--flops-budgets")
     model = target.build_model().eval() if args.untrained else target.load_pretrained()
-    batches = [int(b) for b in args.batch_sizes.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         base_onnx = Path(tmp) / "base.onnx"
         export_onnx(model, target.example_input(2), base_onnx)
-        for budget in [float(b) for b in args.flops_budgets.split(",")]:
+        for budget in budgets:
             env = PruningEnv(target, model=model, flops_budget=budget, val_size=8, calibration_size=64)
             record = run_episode(env, UniformPolicy(env))
             pruned_onnx = Path(tmp) / f"pruned-{budget}.onnx"

@@ -12,45 +12,72 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from agents.compare import HEURISTIC_NAMES, compare
+from agents import HEURISTICS
 from agents.search import AGENTS
+from experiments.compare import HEURISTIC_NAMES, compare
 from prune_env.cli import (
     UsageError,
     add_evaluation_arguments,
     add_target_arguments,
     check_at_least,
+    check_budget_reachable,
+    check_out_folder,
     evaluation_overrides,
+    make_parser,
+    parse_fractions,
     run_main,
     target_from_args,
 )
 from prune_env.config import load_config
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser(__doc__)
     add_target_arguments(parser)
-    parser.add_argument("--flops-budgets", default="0.3,0.5,0.7")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
-    parser.add_argument("--heuristics", default=",".join(HEURISTIC_NAMES))
+    parser.add_argument("--flops-budgets", default="0.3,0.5,0.7",
+                        help="fractions of the FLOPs to keep, each in (0, 1], separated by commas")
+    parser.add_argument("--seeds", type=int, default=3, help="runs per policy and budget, with seeds 0..N-1")
+    parser.add_argument("--heuristics", default=",".join(HEURISTIC_NAMES),
+                        help=f"heuristics to run, separated by commas: any of {','.join(HEURISTICS)}")
     parser.add_argument("--runs", nargs="*", default=[], help="run folders of train_agent.py to include")
     parser.add_argument("--train-agents", default="",
-                        help=f"train these searchers too, each with --episodes episodes: any of {','.join(AGENTS)}")
-    parser.add_argument("--agent-budgets", default=None, help="train agents only at these budgets")
-    parser.add_argument("--episodes", type=int, default=None, help="search episodes of trained agents")
-    parser.add_argument("--finetune-epochs", type=float, default=None)
-    parser.add_argument("--val-size", type=int, default=None)
-    parser.add_argument("--config", default=None)
+                        help=f"train these searchers too, each with --episodes episodes, separated by commas: "
+                             f"any of {','.join(AGENTS)} (default: none)")
+    parser.add_argument("--agent-budgets", default=None, help="train agents only at these budgets (default: all)")
+    parser.add_argument("--episodes", type=int, default=None,
+                        help="search episodes of trained agents (default: the target's config)")
+    parser.add_argument("--finetune-epochs", type=float, default=None,
+                        help="fine-tuning before the test split (default: the target's config)")
+    parser.add_argument("--val-size", type=int, default=None,
+                        help="validation examples (episodes) per measurement (default: the target's config)")
+    parser.add_argument("--config", default=None,
+                        help="a YAML file overriding the packaged prune_env/configs/<target>.yaml and "
+                             "<agent>.yaml; flags override it (default: none)")
     add_evaluation_arguments(parser)
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args()
+    parser.add_argument("--out", required=True, help="folder for the tables and the plot")
+    parser.add_argument("--force", action="store_true", help="overwrite the results already in --out")
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     check_at_least("--seeds", args.seeds, 1)
     check_at_least("--episodes", args.episodes, 1)
-    budgets = parse_budgets(args.flops_budgets, "--flops-budgets")
-    agent_budgets = parse_budgets(args.agent_budgets, "--agent-budgets") if args.agent_budgets else None
+    check_at_least("--finetune-epochs", args.finetune_epochs, 0)
+    check_at_least("--val-size", args.val_size, 1)
+    out = check_out_folder(args.out, ("results.csv", "runs.csv"), args.force)
+    missing = [r for r in args.runs if not (Path(r) / "report.json").is_file()]
+    if missing:
+        raise UsageError(f"--runs {missing[0]} holds no report.json; give run folders of scripts/train_agent.py "
+                         "or scripts/evaluate.py")
+    budgets = parse_fractions(args.flops_budgets, "--flops-budgets")
+    agent_budgets = parse_fractions(args.agent_budgets, "--agent-budgets") if args.agent_budgets else None
+    if agent_budgets is not None and not set(agent_budgets) <= set(budgets):
+        raise UsageError(f"--agent-budgets {args.agent_budgets} must be among --flops-budgets {args.flops_budgets}")
     heuristics = tuple(h for h in args.heuristics.split(",") if h)
-    unknown = set(heuristics) - set(HEURISTIC_NAMES)
+    unknown = set(heuristics) - set(HEURISTICS)
     if unknown:
-        raise UsageError(f"unknown heuristics {sorted(unknown)}; choose from {', '.join(HEURISTIC_NAMES)}")
+        raise UsageError(f"unknown heuristics {sorted(unknown)}; choose from {', '.join(HEURISTICS)}")
     agents = tuple(a for a in args.train_agents.split(",") if a)
     if set(agents) - set(AGENTS):
         raise UsageError(f"unknown agents {sorted(set(agents) - set(AGENTS))}; choose from {', '.join(AGENTS)}")
@@ -58,22 +85,13 @@ def main() -> None:
                  "evaluate": {"finetune_epochs": args.finetune_epochs}}
     config = load_config(args.target, config_file=args.config, overrides=overrides)
     agent_configs = {a: load_config(args.target, a, args.config, overrides) for a in agents}
-    out = Path(args.out)
-    compare(target_from_args(args), config, budgets, list(range(args.seeds)), out, heuristics=heuristics,
+    target = target_from_args(args)
+    check_budget_reachable(target, min(budgets), config["env"]["min_keep"], flag="--flops-budgets")
+    compare(target, config, budgets, list(range(args.seeds)), out, heuristics=heuristics,
             train_agents=agents, agent_configs=agent_configs, agent_budgets=agent_budgets,
             runs=[Path(r) for r in args.runs])
     print((out / "results.md").read_text())
     print(f"wrote {out}/results.csv, results.md, runs.csv, pareto.png")
-
-
-def parse_budgets(text: str, flag: str) -> list[float]:
-    try:
-        budgets = [float(b) for b in text.split(",") if b]
-    except ValueError as exc:
-        raise UsageError(f"{flag} must be numbers separated by commas: {exc}") from exc
-    if not budgets or any(not 0 < b <= 1 for b in budgets):
-        raise UsageError(f"{flag} must lie in (0, 1]")
-    return budgets
 
 
 if __name__ == "__main__":

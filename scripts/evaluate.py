@@ -12,51 +12,79 @@ from __future__ import annotations
 import argparse
 import time
 
-from agents import make_policy
+from agents import HEURISTICS, check_policy, make_policy, saved_run
 from agents.base import prune_with
+from experiments.report import final_report, format_report, write_report
 from prune_env.cli import (
     add_evaluation_arguments,
     add_target_arguments,
     check_at_least,
+    check_budget_reachable,
     check_fraction,
+    check_out_folder,
     evaluation_overrides,
+    make_parser,
     run_main,
     target_from_args,
 )
 from prune_env.config import load_config
-from prune_env.report import final_report, format_report, write_report
+from prune_env.importance import CRITERIA
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser(__doc__)
+    add_target_arguments(parser)
+    parser.add_argument("--policy", required=True,
+                        help=f"a heuristic ({', '.join(HEURISTICS)}), or a run folder of train_agent.py "
+                             "or its saved agent file")
+    parser.add_argument("--flops-budget", type=float, default=None,
+                        help="fraction of the FLOPs to keep, in (0, 1] (default: the target's config)")
+    parser.add_argument("--finetune-epochs", type=float, default=None,
+                        help="fine-tuning before the test split (default: the target's config)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the policy and its episode")
+    parser.add_argument("--criterion", default=None, choices=list(CRITERIA),
+                        help="which units of a layer go (default: the policy's own, else the target's config)")
+    parser.add_argument("--val-size", type=int, default=None,
+                        help="validation examples (episodes) per measurement (default: the target's config)")
+    parser.add_argument("--config", default=None,
+                        help="a YAML file overriding the packaged prune_env/configs/<target>.yaml; flags override "
+                             "it (default: none)")
+    add_evaluation_arguments(parser)
+    parser.add_argument("--out", required=True, help="folder for report.json and config.json")
+    parser.add_argument("--force", action="store_true", help="overwrite the results already in --out")
+    return parser
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_target_arguments(parser)
-    parser.add_argument("--policy", required=True)
-    parser.add_argument("--flops-budget", type=float, default=None)
-    parser.add_argument("--finetune-epochs", type=float, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--criterion", default=None, help="unit criterion (default: the policy's own)")
-    parser.add_argument("--val-size", type=int, default=None)
-    parser.add_argument("--config", default=None, help="a YAML file overriding configs/<target>.yaml")
-    add_evaluation_arguments(parser)
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args()
+    args = build_parser().parse_args()
     check_fraction("--flops-budget", args.flops_budget)
     check_at_least("--val-size", args.val_size, 1)
+    check_at_least("--finetune-epochs", args.finetune_epochs, 0)
+    check_at_least("--seed", args.seed, 0)
+    check_out_folder(args.out, ("report.json",), args.force)
+    check_policy(args.policy)
+    flags = {"flops_budget": args.flops_budget, "criterion": args.criterion, "val_size": args.val_size,
+             **evaluation_overrides(args)}
+    run = saved_run(args.policy)  # a run folder: its own settings, unless a flag says otherwise
+    run_env = {k: v for k, v in (run["config"].get("env", {}) if run else {}).items() if k in flags}
     config = load_config(args.target, config_file=args.config, overrides={
-        "env": {"flops_budget": args.flops_budget, "criterion": args.criterion, "val_size": args.val_size,
-                **evaluation_overrides(args)},
+        "env": {**run_env, **{k: v for k, v in flags.items() if v is not None}},
         "evaluate": {"finetune_epochs": args.finetune_epochs},
     })
     target = target_from_args(args)
+    check_budget_reachable(target, config["env"]["flops_budget"], config["env"]["min_keep"])
     started = time.perf_counter()
-    env, policy = make_policy(args.policy, target, config["env"], seed=args.seed,
-                              criterion_given=args.criterion is not None)
+    env, policy, policy_mode = make_policy(args.policy, target, config["env"], seed=args.seed,
+                                           criterion_given=args.criterion is not None or run is not None)
     model, record, episodes = prune_with(env, policy, args.seed)
     search_seconds = time.perf_counter() - started
     report, _ = final_report(env, model, record, policy=getattr(policy, "name", args.policy), seed=args.seed,
                              search_seconds=search_seconds, episodes=episodes,
                              finetune_epochs=config["evaluate"]["finetune_epochs"],
                              latency_batch_size=config["evaluate"]["latency_batch_size"], show_progress=True)
+    report["policy_mode"] = policy_mode
+    if policy_mode == "run_best":
+        print(f"rebuilt the best network of {args.policy} (its keep-ratios at its own budget)")
     config.update(target=target.name, policy=args.policy, seed=args.seed)
     path = write_report(args.out, report, config)
     print(format_report(report))

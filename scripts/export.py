@@ -13,22 +13,34 @@ import argparse
 import json
 from pathlib import Path
 
-from prune_env.cli import run_main, write_json
+from prune_env.cli import UsageError, make_parser, run_main
 from prune_env.export import FORMATS, export_all, load_pruned
+from prune_env.files import write_json
 from target_models import get_target
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser(__doc__)
     parser.add_argument("--run", required=True, help="a run folder written by train_agent.py")
-    parser.add_argument("--format", default="all", choices=[*FORMATS, "all"])
-    parser.add_argument("--data-dir", default=None)
-    args = parser.parse_args()
+    parser.add_argument("--format", default="all", choices=[*FORMATS, "all"], help="which files to write")
+    parser.add_argument("--data-dir", default=None,
+                        help="local data in the hub's parquet layout (default: $PRUNE_ENV_DATA_DIR, else the hub)")
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     run = Path(args.run)
     config_path = run / "config.json"
-    if not config_path.exists():
-        raise FileNotFoundError(f"{config_path} not found; is {run} a run folder of scripts/train_agent.py?")
-    config = json.loads(config_path.read_text())
+    for path in (config_path, run / "pruned_model.pt"):
+        if not path.is_file():
+            raise UsageError(f"{path} not found; is {run} a run folder of scripts/train_agent.py?")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{config_path} is not valid JSON ({exc})") from exc
+    if not isinstance(config, dict) or "target" not in config:
+        raise UsageError(f"{config_path} names no target; is {run} a run folder of scripts/train_agent.py?")
     target = get_target(config["target"], data_dir=args.data_dir, checkpoint=config.get("checkpoint"))
     model = load_pruned(run / "pruned_model.pt", target)
     formats = FORMATS if args.format == "all" else (args.format,)

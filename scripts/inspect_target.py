@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from prune_env.cli import UsageError, add_target_arguments, run_main, target_from_args
+from prune_env.cli import UsageError, add_target_arguments, make_parser, run_main, target_from_args
 from prune_env.cost import count_flops, count_params
 from prune_env.importance import CRITERIA
 from prune_env.pruner import Pruner
@@ -25,14 +25,19 @@ def describe(model, pruner: Pruner) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser(__doc__)
     add_target_arguments(parser)
-    parser.add_argument("--keep", type=float, default=None, help="uniform keep-ratio in (0, 1]")
-    parser.add_argument("--criterion", default="l1", choices=sorted(CRITERIA))
+    parser.add_argument("--keep", type=float, default=None,
+                        help="also prune with this uniform keep-ratio in (0, 1] (default: do not prune)")
+    parser.add_argument("--criterion", default="l1", choices=list(CRITERIA), help="which units of a layer go")
     parser.add_argument("--untrained", action="store_true", help="inspect a freshly initialised network")
     parser.add_argument("--json", action="store_true", help="print JSON only")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     if args.keep is not None and not 0 < args.keep <= 1:
         raise UsageError(f"--keep must be in (0, 1], got {args.keep}")
     target = target_from_args(args)

@@ -8,18 +8,35 @@ from __future__ import annotations
 import argparse
 import json
 
-from prune_env.cli import add_target_arguments, run_main, target_from_args
+from prune_env.cli import (
+    UsageError,
+    add_target_arguments,
+    make_parser,
+    positive_int,
+    run_main,
+    target_from_args,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser(__doc__)
+    add_target_arguments(parser)
+    parser.add_argument("--epochs", type=float, default=None,
+                        help="epochs, PPO chunks of 10k steps for cartpole (default: the target's own)")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="stop (and save) after this many minutes (default: no limit)")
+    parser.add_argument("--resume", action="store_true", help="continue from the saved checkpoint")
+    parser.add_argument("--limit-train", type=positive_int, default=None,
+                        help="alias of --limit: first N rows per split (default: every row)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_target_arguments(parser)
-    parser.add_argument("--epochs", type=float, default=None, help="epochs (PPO chunks of 10k steps for cartpole)")
-    parser.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this many minutes")
-    parser.add_argument("--resume", action="store_true", help="continue from the saved checkpoint")
-    parser.add_argument("--limit-train", type=int, default=None, help="alias of --limit: first N rows per split")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args()
+    args = build_parser().parse_args()
+    for flag, value in (("--epochs", args.epochs), ("--max-minutes", args.max_minutes)):
+        if value is not None and not value > 0:
+            raise UsageError(f"{flag} must be above 0, got {value}")
     args.limit = args.limit if args.limit is not None else args.limit_train
     target = target_from_args(args)
     meta = target.pretrain(epochs=args.epochs, max_minutes=args.max_minutes, resume=args.resume,

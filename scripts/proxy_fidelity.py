@@ -15,14 +15,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from agents.fidelity import format_summary, proxy_fidelity
+from experiments.fidelity import format_summary, proxy_fidelity
 from prune_env.cli import (
     UsageError,
     add_evaluation_arguments,
     add_target_arguments,
     check_at_least,
+    check_budget_reachable,
     check_fraction,
+    check_out_folder,
     evaluation_overrides,
+    make_parser,
     run_main,
     target_from_args,
 )
@@ -30,23 +33,33 @@ from prune_env.config import load_config
 from prune_env.evaluation import EVALUATIONS
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser(__doc__)
     add_target_arguments(parser)
-    parser.add_argument("--flops-budget", type=float, default=0.5, help="fraction of the FLOPs to keep")
+    parser.add_argument("--flops-budget", type=float, default=0.5, help="fraction of the FLOPs to keep, in (0, 1]")
     parser.add_argument("--candidates", type=int, default=30, help="random allocations besides the heuristics'")
-    parser.add_argument("--modes", default=",".join(EVALUATIONS), help="evaluation modes to compare")
+    parser.add_argument("--modes", default=",".join(EVALUATIONS),
+                        help="evaluation modes to compare, separated by commas")
     parser.add_argument("--finetune-epochs", type=float, default=None,
                         help="the fine-tune whose result is the ground truth (default: the target's config)")
-    parser.add_argument("--val-size", type=int, default=None)
+    parser.add_argument("--val-size", type=int, default=None,
+                        help="validation examples (episodes) per measurement (default: the target's config)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the random candidates and the fine-tunes")
-    parser.add_argument("--config", default=None)
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--config", default=None,
+                        help="a YAML file overriding the packaged prune_env/configs/<target>.yaml; flags override "
+                             "it (default: none)")
+    parser.add_argument("--out", required=True, help="folder for fidelity.json and the candidates")
     add_evaluation_arguments(parser)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     check_fraction("--flops-budget", args.flops_budget)
     check_at_least("--candidates", args.candidates, 2)
     check_at_least("--val-size", args.val_size, 1)
+    check_at_least("--seed", args.seed, 0)
+    check_out_folder(args.out, results=())  # an existing run continues where it stopped
     modes = tuple(m for m in args.modes.split(",") if m)
     unknown = set(modes) - set(EVALUATIONS)
     if unknown or not modes:
@@ -57,6 +70,7 @@ def main() -> None:
     if not config["evaluate"]["finetune_epochs"] > 0:
         raise UsageError("--finetune-epochs must be above 0: the fine-tuned metric is the ground truth")
     target = target_from_args(args)
+    check_budget_reachable(target, args.flops_budget, config["env"]["min_keep"])
     summary = proxy_fidelity(target, config["env"], args.flops_budget, args.candidates, Path(args.out),
                              finetune_epochs=config["evaluate"]["finetune_epochs"], modes=modes, seed=args.seed)
     print(format_summary(summary))

@@ -15,7 +15,8 @@ from datetime import datetime
 from pathlib import Path
 
 from agents.search import AGENTS
-from agents.train import TrainRun, train_and_report
+from experiments.report import format_report
+from experiments.train import TrainRun, train_and_report
 from prune_env.cli import (
     UsageError,
     add_evaluation_arguments,
@@ -24,36 +25,48 @@ from prune_env.cli import (
     check_budget_reachable,
     check_fraction,
     evaluation_overrides,
+    make_parser,
     prepare_run_folder,
     run_main,
     target_from_args,
 )
 from prune_env.config import load_config
-from prune_env.report import format_report
+from prune_env.rewards import REWARDS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser(__doc__)
+    add_target_arguments(parser)
+    parser.add_argument("--agent", default="ppo", choices=list(AGENTS), help="the searcher that learns the policy")
+    parser.add_argument("--flops-budget", type=float, default=None,
+                        help="fraction of the FLOPs to keep, in (0, 1] (default: the target's config)")
+    parser.add_argument("--reward", default=None, choices=list(REWARDS),
+                        help="the episode reward (default: the target's config)")
+    parser.add_argument("--episodes", type=int, default=None,
+                        help="measured candidates the search gets (default: the target's config)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the agent and its episodes")
+    parser.add_argument("--config", default=None,
+                        help="a YAML file overriding the packaged prune_env/configs/<agent>.yaml and "
+                             "<target>.yaml; flags override it (default: none)")
+    parser.add_argument("--out", default=None, help="run folder (default: runs/<target>-<agent>-s<seed>-<time>)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--force", action="store_true", help="overwrite the run in --out")
+    parser.add_argument("--finetune-epochs", type=float, default=None,
+                        help="fine-tuning of the best network before the test split (default: the target's config)")
+    add_evaluation_arguments(parser)
+    parser.add_argument("--no-export", action="store_true", help="write no TorchScript and ONNX files")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_target_arguments(parser)
-    parser.add_argument("--agent", default="ppo", choices=list(AGENTS))
-    parser.add_argument("--flops-budget", type=float, default=None)
-    parser.add_argument("--reward", default=None, choices=["budget", "tradeoff", "log_flops"])
-    parser.add_argument("--episodes", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--config", default=None, help="a YAML file overriding configs/")
-    parser.add_argument("--out", default=None, help="run folder (default runs/<target>-<agent>-s<seed>-<time>)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
-    parser.add_argument("--force", action="store_true", help="overwrite the run in --out")
-    parser.add_argument("--finetune-epochs", type=float, default=None)
-    add_evaluation_arguments(parser)
-    parser.add_argument("--no-export", action="store_true")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args()
+    args = build_parser().parse_args()
     if args.resume and not args.out:
         raise UsageError("--resume needs the --out folder of the run to continue")
     check_fraction("--flops-budget", args.flops_budget)
     check_at_least("--episodes", args.episodes, 1)
     check_at_least("--seed", args.seed, 0)
+    check_at_least("--finetune-epochs", args.finetune_epochs, 0)
     config = load_config(args.target, args.agent, args.config, overrides={
         "env": {"flops_budget": args.flops_budget, "reward": args.reward, **evaluation_overrides(args)},
         "search": {"episodes": args.episodes}, "evaluate": {"finetune_epochs": args.finetune_epochs},

@@ -46,6 +46,8 @@ class Target(ABC):
 
     name: str
     metric_name: str
+    metric_scale: float = 1.0
+    """The metric's best value: rewards see ``metric / metric_scale`` in [0, 1]."""
     default_widths: tuple[int, ...]
 
     def __init__(self, data_dir: str | Path | None = None, limit: int | None = None,

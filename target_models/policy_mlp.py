@@ -61,6 +61,7 @@ def rollout(model: nn.Module, episodes: int, seed: int, record_states: bool = Fa
 class CartPolePolicy(Target):
     name = "cartpole_policy"
     metric_name = "mean_return"
+    metric_scale = 500.0  # CartPole-v1's longest episode
     default_widths = (64, 64)
 
     def build_model(self, widths=None):

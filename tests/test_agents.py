@@ -9,8 +9,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, script_env
-from torch import nn
 
 from agents.base import run_episode
 from agents.search import SearchMonitor, load_agent, make_agent, restore_checkpoint, search
@@ -18,46 +16,9 @@ from prune_env.env import PruningEnv
 from prune_env.export import export_all
 from prune_env.pruner import Pruner
 from target_models import get_target
-from target_models.base import Target
-from target_models.policy_mlp import build_policy_mlp
+from tests.helpers import REPO, script_env, toy_env
 
 OPTIMUM = np.array([0.85, 0.35])
-
-
-class ToyTarget(Target):
-    """A target whose metric is a known function of the kept widths: best at OPTIMUM."""
-
-    name = "toy"
-    metric_name = "accuracy"
-    default_widths = (40, 40)
-
-    def build_model(self, widths=None):
-        return build_policy_mlp(widths or self.default_widths)
-
-    def example_input(self, batch_size=1):
-        return torch.zeros(batch_size, 4)
-
-    def evaluator(self, split="val", size=None):
-        def evaluate(model: nn.Module) -> float:
-            keep = np.array([model[0].out_features, model[2].out_features]) / 40
-            return float(1.0 - np.abs(keep - OPTIMUM).mean())
-        return evaluate
-
-    def calibration_inputs(self, n=512):
-        return torch.randn(n, 4, generator=torch.Generator().manual_seed(0))
-
-    def finetune(self, model, epochs=1.0, seed=0, show_progress=False, steps=None):
-        pass
-
-    def pretrain(self, epochs=None, max_minutes=None, resume=False, show_progress=True):
-        raise NotImplementedError
-
-
-def toy_env() -> PruningEnv:
-    torch.manual_seed(0)
-    target = ToyTarget()
-    return PruningEnv(target, model=target.build_model(), flops_budget=None, reward="tradeoff",
-                      reward_kwargs={"weight": 0.0}, min_keep=0.1)
 
 
 def _random_mean_reward(env: PruningEnv, episodes: int = 30) -> float:
@@ -88,12 +49,15 @@ def test_agents_learn_the_known_best_keep_ratios(kind, hparams, episodes):
 @pytest.mark.parametrize("kind", ["reinforce", "ppo"])
 def test_save_load_round_trip_gives_the_same_actions(kind, tmp_path):
     env = toy_env()
-    agent = make_agent(kind, env, {"n_steps": 32} if kind == "ppo" else {"batch_episodes": 4}, seed=3)
+    hparams = ({"n_steps": 32, "batch_size": 16, "clip_range": 0.1, "net_arch": (16, 8), "ent_coef": 0.01,
+                "learning_rate": 1e-3} if kind == "ppo" else {"batch_episodes": 4, "hidden": 8})
+    agent = make_agent(kind, env, hparams, seed=3)
     agent.learn(16)
     path = tmp_path / ("agent.zip" if kind == "ppo" else "agent.pt")
     agent.save(path)
     loaded = load_agent(path, env)
     assert loaded.episodes_done == agent.episodes_done == 16
+    assert loaded.hparams == agent.hparams  # every hyperparameter survives the round trip
     obs, _ = env.reset(seed=0)
     for _ in range(env.n_layers):
         a, _ = agent.predict(obs, deterministic=True)
@@ -113,7 +77,7 @@ def test_search_resumes_from_the_saved_episode_count(kind, tmp_path):
     best = monitor.best_record["reward"]
 
     resumed_monitor = SearchMonitor(env, show_progress=False)
-    resumed = restore_checkpoint(kind, env, resumed_monitor, tmp_path, env.target.build_model)
+    resumed = restore_checkpoint(kind, env, resumed_monitor, tmp_path)
     assert resumed.episodes_done == resumed_monitor.episodes == 16
     assert resumed_monitor.best_record["reward"] == best
     assert resumed_monitor.best_model(torch.zeros(1, 4)).shape == (1, 2)
@@ -151,6 +115,16 @@ def test_train_agent_script_runs_resumes_and_exports(isolated_home, tmp_path):
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     saved_agent = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert saved_agent["policy"] == "reinforce" and saved_agent["metric_finetuned"] == saved_agent["metric_pruned"]
+    # at the run's own budget, evaluate rebuilds the run's best network
+    assert saved_agent["policy_mode"] == "run_best" and saved_agent["keep_ratios"] == report["keep_ratios"]
+    other = subprocess.run(
+        [sys.executable, "scripts/evaluate.py", "--target", "cartpole_policy", "--policy", str(out),
+         "--flops-budget", "0.3", "--finetune-epochs", "0", "--val-size", "8", "--out", str(tmp_path / "ev3")],
+        cwd=REPO, env=script_env(isolated_home), capture_output=True, text=True, timeout=300)
+    assert other.returncode == 0, other.stderr[-2000:]
+    assert "warning: the agent in" in other.stderr and "trained at a FLOPs budget of 0.5" in other.stderr
+    elsewhere = json.loads((tmp_path / "ev3" / "report.json").read_text())
+    assert elsewhere["policy_mode"] == "deterministic" and abs(elsewhere["flops_ratio"] - 0.3) <= 0.01
 
 
 @pytest.mark.parametrize("name", ["cnn_cifar10", "vgg16_cifar10", "lstm_imdb", "cartpole_policy"])
@@ -184,7 +158,7 @@ def test_a_resumed_search_with_more_episodes_counts_only_candidates(tmp_path):
     search(agent, env, first, 5, tmp_path)
     assert (first.episodes, first.counted_episodes) == (8, 5)
     resumed_monitor = SearchMonitor(env, total_episodes=10, show_progress=False)
-    resumed = restore_checkpoint("ppo", env, resumed_monitor, tmp_path, env.target.build_model)
+    resumed = restore_checkpoint("ppo", env, resumed_monitor, tmp_path)
     search(resumed, env, resumed_monitor, 10, tmp_path)
     assert resumed_monitor.counted_episodes == 10 and len(resumed_monitor.rewards) == 10
     assert resumed_monitor.episodes == 16  # a second whole rollout, of which 5 are candidates

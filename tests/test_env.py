@@ -12,16 +12,17 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, needs_data, script_env
+from gymnasium.error import ResetNeeded
 from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 from agents.base import run_episode
 from agents.heuristics import HEURISTICS, make_heuristic
+from experiments.report import REPORT_KEYS
 from prune_env import ENV_IDS, PruningEnv
 from prune_env.cost import count_flops
-from prune_env.report import REPORT_KEYS
 from target_models import get_target
+from tests.helpers import REPO, needs_data, script_env
 
 TINY_DATA = {"limit": 64, "val_size": 64, "calibration_size": 64}
 
@@ -121,6 +122,32 @@ def test_bad_actions_raise_clear_errors(bad, message):
     env.reset(seed=0)
     with pytest.raises(ValueError, match=message):
         env.step(bad)
+
+
+def test_step_needs_a_reset_first_and_after_the_last_step():
+    env = tiny_env("cartpole_policy")
+    with pytest.raises(ResetNeeded, match="no episode has started"):
+        env.step(np.array([0.5], dtype=np.float32))
+    _, info = env.reset(seed=0)
+    layers = [info["layer"]]
+    done = False
+    while not done:
+        _, _, done, _, info = env.step(np.array([0.5], dtype=np.float32))
+        layers.append(info["layer"])
+    assert layers == list(range(env.n_layers + 1))
+    with pytest.raises(ResetNeeded, match="episode is over"):
+        env.step(np.array([0.5], dtype=np.float32))
+    env.reset(seed=1)
+    env.step(np.array([0.5], dtype=np.float32))  # a reset makes it usable again
+
+
+def test_the_metric_scale_comes_from_the_target():
+    cartpole, cnn = get_target("cartpole_policy"), get_target("cnn_cifar10")
+    assert (cartpole.metric_scale, cnn.metric_scale) == (500.0, 1.0)
+    env = tiny_env("cartpole_policy")
+    assert env.metric_scale == 500.0
+    _, rewards, report = _play(env, 0, [1.0] * env.n_layers)
+    assert rewards[-1] == pytest.approx(report["metric_pruned_val"] / 500.0)
 
 
 def test_bad_arguments_raise_clear_errors():

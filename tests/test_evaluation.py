@@ -11,7 +11,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, needs_data, script_env
 from test_env import _hash, tiny_env
 from torch import nn
 from torch.nn import functional as F
@@ -20,6 +19,7 @@ from prune_env.evaluation import AdaptiveBN, make_evaluation
 from prune_env.ranking import average_ranks, kendall_tau, spearman_rho
 from target_models import CheckpointError, get_target
 from target_models.checkpoints import CHECKPOINTS_ENV
+from tests.helpers import REPO, needs_data, script_env
 
 
 def _play(env, ratios):

@@ -10,8 +10,6 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, script_env
-from torch import nn
 
 from agents.allocation import play_allocation, sample_allocation
 from agents.base import run_episode
@@ -28,53 +26,8 @@ from agents.searchers import Evolution, RandomSearch
 from prune_env.config import load_config
 from prune_env.env import PruningEnv
 from target_models import get_target
-from target_models.base import Target
 from target_models.checkpoints import CheckpointError
-
-
-class ToyTarget(Target):
-    """An MLP whose metric is a known function of its kept widths: best at ``optimum``."""
-
-    name = "toy"
-    metric_name = "accuracy"
-
-    def __init__(self, widths=(40, 40), optimum=(0.85, 0.35)):
-        self.default_widths, self.optimum = tuple(widths), np.array(optimum)
-
-    def build_model(self, widths=None):
-        sizes = [4, *(widths or self.default_widths)]
-        layers: list[nn.Module] = []
-        for a, b in zip(sizes, sizes[1:], strict=False):
-            layers += [nn.Linear(a, b), nn.Tanh()]
-        return nn.Sequential(*layers, nn.Linear(sizes[-1], 2))
-
-    def example_input(self, batch_size=1):
-        return torch.zeros(batch_size, 4)
-
-    def evaluator(self, split="val", size=None):
-        def evaluate(model: nn.Module) -> float:
-            kept = [m.out_features for m in model if isinstance(m, nn.Linear)][:-1]
-            return float(1.0 - np.abs(np.array(kept) / np.array(self.default_widths) - self.optimum).mean())
-        return evaluate
-
-    def calibration_inputs(self, n=512):
-        return torch.randn(n, 4, generator=torch.Generator().manual_seed(0))
-
-    def finetune(self, model, epochs=1.0, seed=0, show_progress=False, steps=None):
-        pass
-
-    def pretrain(self, epochs=None, max_minutes=None, resume=False, show_progress=True):
-        raise NotImplementedError
-
-
-def toy_env(layers: int = 2, budget: float | None = 0.5) -> PruningEnv:
-    """Without a budget: test_agents' toy (best at 0.85, 0.35); with one: reward = metric."""
-    torch.manual_seed(0)
-    target = ToyTarget((40,) * layers, np.linspace(0.85, 0.35, layers))
-    if budget is None:
-        return PruningEnv(target, model=target.build_model(), flops_budget=None, reward="tradeoff",
-                          reward_kwargs={"weight": 0.0}, min_keep=0.1)
-    return PruningEnv(target, model=target.build_model(), flops_budget=budget, reward="budget", min_keep=0.1)
+from tests.helpers import REPO, script_env, toy_env
 
 
 class Recorder(gym.Wrapper):
@@ -183,7 +136,7 @@ def test_search_resumes_from_the_saved_episode_count(kind, tmp_path):
     best = monitor.best_record["reward"]
 
     resumed_monitor = SearchMonitor(env, show_progress=False)
-    resumed = restore_checkpoint(kind, env, resumed_monitor, tmp_path, env.target.build_model)
+    resumed = restore_checkpoint(kind, env, resumed_monitor, tmp_path)
     assert resumed.episodes_done == resumed_monitor.episodes == 16
     assert resumed_monitor.best_record["reward"] == best == resumed.best_reward
     search(resumed, env, resumed_monitor, 32, tmp_path)
