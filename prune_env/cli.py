@@ -223,7 +223,13 @@ def run_main(main: Callable[[], object]) -> None:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted; progress so far is saved", file=sys.stderr)
+        from target_models.checkpoints import SAVED_THIS_PROCESS
+
+        if SAVED_THIS_PROCESS:
+            print(f"interrupted; progress so far is saved ({SAVED_THIS_PROCESS[-1]}); continue with --resume",
+                  file=sys.stderr)
+        else:
+            print("interrupted before anything was saved; there is nothing to resume", file=sys.stderr)
         sys.exit(130)
 
 

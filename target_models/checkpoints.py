@@ -62,9 +62,15 @@ def _atomic_write(path: Path, write) -> None:
             os.remove(tmp)
 
 
+SAVED_THIS_PROCESS: list[Path] = []
+"""Checkpoints written by this process, newest last: an interrupted script says whether
+anything was saved (and where) instead of assuming it."""
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file, then rename: a crash never leaves half a file."""
     _atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
+    SAVED_THIS_PROCESS.append(Path(path))
 
 
 def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:

@@ -34,7 +34,8 @@ def _random_mean_reward(env: PruningEnv, episodes: int = 30) -> float:
 
 @pytest.mark.parametrize("kind, hparams, episodes", [
     ("reinforce", {"learning_rate": 0.05, "batch_episodes": 8}, 320),
-    ("ppo", {"learning_rate": 3e-3, "n_steps": 64, "batch_size": 32}, 640),
+    pytest.param("ppo", {"learning_rate": 3e-3, "n_steps": 64, "batch_size": 32}, 640,
+                 marks=pytest.mark.slow),  # 640 episodes of real PPO training: about a minute
 ])
 def test_agents_learn_the_known_best_keep_ratios(kind, hparams, episodes):
     env = toy_env()

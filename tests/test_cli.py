@@ -186,3 +186,25 @@ def test_help_runs_as_a_script():
     result = subprocess.run([sys.executable, "scripts/train_agent.py", "--help"], cwd=REPO,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "(default: ppo)" in result.stdout and "--flops-budget" in result.stdout
+
+
+def test_an_interrupt_says_whether_anything_was_saved(tmp_path, capsys, monkeypatch):
+    from prune_env.cli import run_main
+    from target_models import checkpoints
+
+    monkeypatch.setattr(checkpoints, "SAVED_THIS_PROCESS", [])
+
+    def interrupted_early():
+        raise KeyboardInterrupt
+
+    def interrupted_after_a_save():
+        checkpoints.atomic_save({"step": 1}, tmp_path / "state.pt")
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit):
+        run_main(interrupted_early)
+    assert "nothing to resume" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_main(interrupted_after_a_save)
+    err = capsys.readouterr().err
+    assert "progress so far is saved" in err and "state.pt" in err
