@@ -51,8 +51,9 @@ def play_baselines(target: Target, env_config: dict, names: tuple[str, ...]) -> 
     from agents.base import run_episode
 
     records = {}
+    model = target.load_pretrained() if names else None  # loaded once, shared: no env edits it
     for name in names:
-        env, policy, _ = make_policy(name, target, env_config)
+        env, policy, _ = make_policy(name, target, {**env_config, "model": model})
         records[name] = run_episode(env, policy, seed=0)
     return records
 
