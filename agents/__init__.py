@@ -65,15 +65,16 @@ def make_policy(name_or_path: str, target: Target, env_config: dict, seed: int =
             env_config["criterion"] = preferred
         env = PruningEnv(target, **env_config)
         return env, make_heuristic(name_or_path, env, seed=seed), "heuristic"
-    from agents.search import load_agent
+    from agents.search import action_mode_of, agent_file, load_agent
 
-    env = PruningEnv(target, **env_config)
+    env = PruningEnv(target, **env_config, action_mode=action_mode_of(agent_file(name_or_path)[0]))
     run = saved_run(name_or_path)
     if run is not None:
         trained = run["config"].get("env", {}).get("flops_budget")
-        if trained == env_config.get("flops_budget") and run["report"].get("keep_ratios"):
+        report = run["report"]
+        if trained == env_config.get("flops_budget") and report.get("keep_ratios"):
             name = run["config"].get("agent_kind", "agent")
-            return env, FixedAllocation(env, run["report"]["keep_ratios"], name=name), "run_best"
+            return env, FixedAllocation(env, report["keep_ratios"], name, report.get("kept_units")), "run_best"
         print(f"warning: the agent in {name_or_path} was trained at a FLOPs budget of {trained}; applying its "
               f"deterministic policy at {env_config.get('flops_budget')}", file=sys.stderr)
     return env, load_agent(name_or_path, env), "deterministic"

@@ -76,17 +76,26 @@ class NGFPolicy(HeuristicPolicy):
 
 
 class FixedAllocation:
-    """Plays given keep-ratios, one per layer: a saved run's best network, rebuilt."""
+    """Plays given keep-ratios, one per layer, or given unit indices (``kept_units``, in a
+    ``mask``-mode environment): a saved run's best network, rebuilt."""
 
     name = "fixed"
 
-    def __init__(self, env: PruningEnv, keep_ratios, name: str = "fixed"):
+    def __init__(self, env: PruningEnv, keep_ratios, name: str = "fixed", kept_units=None):
         if len(keep_ratios) != env.n_layers:
             raise ValueError(f"{len(keep_ratios)} keep-ratios for {env.n_layers} prunable layers")
+        if (kept_units is not None) != (env.unwrapped.action_mode == "mask"):
+            raise ValueError("unit indices are played in action_mode='mask', keep-ratios in 'ratio'")
         self.env, self.keep_ratios, self.name = env, np.asarray(keep_ratios, dtype=np.float64), name
+        self.kept_units = kept_units
 
     def predict(self, observation, state=None, episode_start=None, deterministic=True):
-        return np.array([self.keep_ratios[self.env.unwrapped.current_layer]], dtype=np.float32), state
+        layer = self.env.unwrapped.current_layer
+        if self.kept_units is None:
+            return np.array([self.keep_ratios[layer]], dtype=np.float32), state
+        scores = np.zeros(self.env.unwrapped.action_space.shape, dtype=np.float32)
+        scores[np.asarray(self.kept_units[layer], dtype=np.int64)] = 1.0
+        return scores, state
 
 
 class RandomPolicy(HeuristicPolicy):

@@ -29,14 +29,20 @@ from agents.callbacks import (
 )
 from agents.ppo import PPOAgent
 from agents.reinforce import ReinforceLayerAgents
+from agents.reinforce_channels import ReinforceChannelAgents
 from agents.searchers import Evolution, RandomSearch
 from prune_env.env import PruningEnv
 from target_models.checkpoints import CheckpointError, atomic_save
 
-AGENTS = {"ppo": PPOAgent, "reinforce": ReinforceLayerAgents, "random_search": RandomSearch,
-          "evolution": Evolution}
-AGENT_FILES = {"ppo": "agent.zip", "reinforce": "agent.pt", "random_search": "agent_random_search.pt",
-               "evolution": "agent_evolution.pt"}
+AGENTS = {"ppo": PPOAgent, "reinforce": ReinforceLayerAgents, "reinforce_channels": ReinforceChannelAgents,
+          "random_search": RandomSearch, "evolution": Evolution}
+AGENT_FILES = {"ppo": "agent.zip", "reinforce": "agent.pt", "reinforce_channels": "agent_reinforce_channels.pt",
+               "random_search": "agent_random_search.pt", "evolution": "agent_evolution.pt"}
+
+
+def action_mode_of(kind: str) -> str:
+    """The environment action mode agent ``kind`` plays (``ratio`` or ``mask``)."""
+    return getattr(AGENTS[kind], "action_mode", "ratio")
 
 
 class SearchMonitor(gym.Wrapper):

@@ -42,9 +42,11 @@ class Candidate:
     keep_counts: tuple[int, ...]
 
 
-def make_candidates(env_for, n_random: int, seed: int = 0) -> list[Candidate]:
+def make_candidates(env_for, n_random: int, seed: int = 0, criteria: tuple[str, ...] = ()) -> list[Candidate]:
     """Every single-shot heuristic's allocation and ``n_random`` random ones meeting the
-    budget (``env_for(criterion)`` gives a plain environment for a criterion)."""
+    budget (``env_for(criterion)`` gives a plain environment for a criterion). Each random
+    allocation is built once with the default criterion (``random-k``) and once with each
+    other one of ``criteria`` (``random-k/criterion``): the same widths, other units."""
     out = []
     for name in SINGLE_SHOT:
         env = env_for(HEURISTICS[name].preferred_criterion)
@@ -53,8 +55,25 @@ def make_candidates(env_for, n_random: int, seed: int = 0) -> list[Candidate]:
     env = env_for(None)
     for k in range(n_random):
         record = run_episode(env, make_heuristic("random", env, seed=seed * 100_003 + k))
-        out.append(Candidate(f"random-{k}", env.criterion, tuple(record["keep_counts"])))
+        counts = tuple(record["keep_counts"])
+        out.append(Candidate(f"random-{k}", env.criterion, counts))
+        out += [Candidate(f"random-{k}/{c}", c, counts) for c in criteria if c != env.criterion]
     return out
+
+
+def compare_criteria(rows: list[dict]) -> dict:
+    """Per criterion, over the random allocations built with every criterion: the mean
+    fine-tuned test metric and how often it was the best of the criteria."""
+    by_allocation: dict[str, dict[str, float]] = {}
+    for r in rows:
+        if r["candidate"].startswith("random-"):
+            by_allocation.setdefault(r["candidate"].split("/")[0], {})[r["criterion"]] = r["metric_finetuned_test"]
+    criteria = sorted({c for a in by_allocation.values() for c in a})
+    paired = [a for a in by_allocation.values() if len(a) == len(criteria)]
+    if len(criteria) < 2 or not paired:
+        return {}
+    return {c: {"allocations": len(paired), "mean_metric_finetuned_test": float(np.mean([a[c] for a in paired])),
+                "best_on": sum(max(a, key=a.get) == c for a in paired)} for c in criteria}
 
 
 def measure_candidate(env: PruningEnv, candidate: Candidate, modes: dict, finetune_epochs: float,
@@ -103,7 +122,7 @@ def summarise(rows: list[dict], modes: list[str]) -> dict:
 
 def proxy_fidelity(target: Target, env_config: dict, budget: float, n_random: int, out: Path,
                    finetune_epochs: float, modes: tuple[str, ...] = tuple(EVALUATIONS), seed: int = 0,
-                   show_progress: bool = True) -> dict:
+                   show_progress: bool = True, criteria: tuple[str, ...] = ()) -> dict:
     """Measure every candidate (resuming from ``out/candidates.jsonl``); write
     ``out/fidelity.json`` and ``out/candidates.csv``; return the summary."""
     out.mkdir(parents=True, exist_ok=True)
@@ -116,13 +135,13 @@ def proxy_fidelity(target: Target, env_config: dict, budget: float, n_random: in
             envs[criterion] = PruningEnv(target, **{**base_config, "criterion": criterion})
         return envs[criterion]
 
-    candidates = make_candidates(env_for, n_random, seed)
+    candidates = make_candidates(env_for, n_random, seed, criteria)
     env = env_for(None)
     settings = {"bn_calibration_size": env_config.get("bn_calibration_size", 1024),
                 "finetune_steps": env_config.get("finetune_steps", 20)}
     built = {name: make_evaluation(name, target, **settings) for name in modes}
     run_settings = {"target": target.name, "flops_budget": budget, "seed": seed, "finetune_epochs": finetune_epochs,
-                    "criterion": env.criterion, "val_size": env_config.get("val_size"), **settings}
+                    "criterion": env.criterion, "criteria": sorted(criteria), "val_size": env_config.get("val_size"), **settings}
     settings_path = out / "settings.json"
     if settings_path.exists() and json.loads(settings_path.read_text()) != run_settings:
         raise UsageError(f"{out} holds candidates measured with other settings ({settings_path}); "
@@ -145,7 +164,7 @@ def proxy_fidelity(target: Target, env_config: dict, budget: float, n_random: in
                "finetune_epochs": finetune_epochs, "metric_name": target.metric_name,
                "metric_base_val": env.metric_base, **settings, "val_size": env_config.get("val_size"),
                "seconds_ground_truth_per_candidate": float(np.mean([r["seconds_ground_truth"] for r in rows])),
-               "modes": summarise(rows, list(modes))}
+               "modes": summarise(rows, list(modes)), "criteria": compare_criteria(rows)}
     write_json(out / "fidelity.json", summary)
     write_rows_csv(out / "candidates.csv", rows)
     return summary
@@ -172,4 +191,8 @@ def format_summary(summary: dict) -> str:
         lines.append(f"  {name:12s} {m['kendall_tau']:12.3f} {m['spearman_rho']:13.3f} "
                      f"{m['seconds_per_candidate']:12.2f}")
     lines.append(f"  (ground truth, fine-tune + test: {summary['seconds_ground_truth_per_candidate']:.1f} s/candidate)")
+    if summary.get("criteria"):
+        lines.append(f"  {'criterion':12s} {'mean after FT':>14s} {'best on':>8s}  (same random allocations)")
+        for name, c in summary["criteria"].items():
+            lines.append(f"  {name:12s} {c['mean_metric_finetuned_test']:14.4f} {c['best_on']:5d}/{c['allocations']}")
     return "\n".join(lines)

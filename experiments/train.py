@@ -7,7 +7,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agents.search import SearchMonitor, best_of, make_agent, restore_checkpoint, search
+from agents.search import (
+    SearchMonitor,
+    action_mode_of,
+    best_of,
+    make_agent,
+    restore_checkpoint,
+    search,
+)
 from experiments.report import final_report, write_report
 from prune_env.cli import UsageError
 from prune_env.env import PruningEnv
@@ -24,7 +31,7 @@ class TrainRun:
     target: Target
     """The target to prune (pretrained first if it has no checkpoint)."""
     agent: str
-    """A name in :data:`agents.search.AGENTS` (``ppo``, ``reinforce``, ``random_search``, ``evolution``)."""
+    """A name in :data:`agents.search.AGENTS` (``ppo``, ``reinforce``, ``reinforce_channels``, ``random_search``, ``evolution``)."""
     config: dict
     """Resolved configuration: ``env``, ``agent``, ``search``, ``evaluate`` sections."""
     out: Path
@@ -95,7 +102,7 @@ def train_and_report(run: TrainRun) -> dict:
     if reference is None and baselines:
         reference = max(r["reward"] for r in baselines.values())
     started = time.perf_counter()
-    env = PruningEnv(target, **run.config["env"])
+    env = PruningEnv(target, **run.config["env"], action_mode=action_mode_of(run.agent))
     episodes = int(run.config["search"]["episodes"])
     monitor = SearchMonitor(env, out / "tensorboard", total_episodes=episodes,
                             reference_reward=reference, show_progress=run.show_progress)

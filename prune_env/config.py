@@ -163,6 +163,37 @@ class ReinforceConfig:
         _fail(self.entropy_coef < 0, f"agent.entropy_coef must be at least 0, got {self.entropy_coef}")
 
 
+CHANNEL_INITS = ("uniform", "importance", "keep")
+"""How channel agents start (:mod:`agents.reinforce_channels`)."""
+
+
+@dataclass
+class ReinforceChannelsConfig:
+    """Hyperparameters of :class:`agents.reinforce_channels.ReinforceChannelAgents`."""
+
+    kind: ClassVar[str] = "reinforce_channels"
+    learning_rate: float = 0.1
+    batch_episodes: int = 8
+    """Episodes per update (rewards are normalised within the batch)."""
+    init: str = "importance"
+    """Starting keep probabilities: ``uniform``, ``importance`` or ``keep`` (all-keep bias)."""
+    init_keep: float | None = None
+    """Starting keep probability, in (0, 1) (``null``: the budget's uniform keep-ratio; 0.95 for ``keep``)."""
+    importance_scale: float = 1.0
+    """Logit added per standard deviation of the criterion's score (``importance``)."""
+    entropy_coef: float = 0.0
+
+    def check(self) -> None:
+        _fail(self.learning_rate <= 0, f"agent.learning_rate must be above 0, got {self.learning_rate}")
+        _at_least("agent.batch_episodes", self.batch_episodes, 1)
+        _fail(self.init not in CHANNEL_INITS,
+              f"agent.init {self.init!r} is unknown; choose one of: {', '.join(CHANNEL_INITS)}")
+        _fail(self.init_keep is not None and not 0 < self.init_keep < 1,
+              f"agent.init_keep must lie in (0, 1), got {self.init_keep}")
+        _fail(self.importance_scale < 0, f"agent.importance_scale must be at least 0, got {self.importance_scale}")
+        _fail(self.entropy_coef < 0, f"agent.entropy_coef must be at least 0, got {self.entropy_coef}")
+
+
 @dataclass
 class RandomSearchConfig:
     """Hyperparameters of :class:`agents.searchers.RandomSearch`."""
@@ -197,9 +228,9 @@ class EvolutionConfig:
         _fail(not 0 < self.mutation_decay <= 1, f"agent.mutation_decay must lie in (0, 1], got {self.mutation_decay}")
 
 
-AgentConfig = PPOConfig | ReinforceConfig | RandomSearchConfig | EvolutionConfig
-AGENT_CONFIGS: dict[str, type] = {cls.kind: cls for cls in (PPOConfig, ReinforceConfig, RandomSearchConfig,
-                                                             EvolutionConfig)}
+AgentConfig = PPOConfig | ReinforceConfig | ReinforceChannelsConfig | RandomSearchConfig | EvolutionConfig
+AGENT_CONFIGS: dict[str, type] = {cls.kind: cls for cls in (PPOConfig, ReinforceConfig, ReinforceChannelsConfig,
+                                                             RandomSearchConfig, EvolutionConfig)}
 """Agent kind -> the dataclass of its hyperparameters (the same names as ``agents.search.AGENTS``)."""
 SECTIONS: dict[str, type] = {"env": EnvConfig, "evaluate": EvaluateConfig, "search": SearchConfig}
 """Section name -> dataclass, besides ``agent`` (whose dataclass depends on the agent kind)."""

@@ -25,18 +25,42 @@ from prune_env.surgery import keep_count
 from target_models import Target, get_target
 
 N_FEATURES = 22
+ACTION_MODES = ("ratio", "mask")
+KEEP_THRESHOLD = 0.5
+"""In ``mask`` mode, units scoring at least this are asked for."""
+
+
+def mask_scores(mask: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """A ``mask``-mode action from a 0/1 keep ``mask`` and the keep probabilities it was
+    drawn from: kept units score in [0.5, 1], dropped ones in [0, 0.5), each ordered by its
+    probability, so the budget trims the least probable kept units and fills with the most
+    probable dropped ones."""
+    mask, probs = np.asarray(mask, dtype=np.float64), np.clip(np.asarray(probs, dtype=np.float64), 0.0, 1.0)
+    return np.where(mask > 0.5, KEEP_THRESHOLD + 0.5 * probs, 0.4999 * probs).astype(np.float32)
 
 
 class PruningEnv(gym.Env):
     """Prune a pretrained target network layer by layer; reward at the end.
 
     ## Action space
-    ``Box(min_keep, 1, (1,), float32)``: the keep-ratio of the current prunable layer. It
-    becomes a unit count (at least one unit stays). With a FLOPs budget the count is
-    clamped to the range that keeps the budget reachable from above *and* below (AMC's
-    resource-constrained mode), so every policy ends within 1% of the base FLOPs of the budget (one unit of the
-    last layer is the finest step). NaN,
-    infinite, wrongly shaped or out-of-range actions raise ``ValueError``.
+    ``action_mode="ratio"`` (default): ``Box(min_keep, 1, (1,), float32)``, the keep-ratio
+    of the current prunable layer. It becomes a unit count (at least one unit stays) and
+    the criterion picks which units stay. With a FLOPs budget the count is clamped to the
+    range that keeps the budget reachable from above *and* below (AMC's
+    resource-constrained mode), so every policy ends within 1% of the base FLOPs of the
+    budget (one unit of the last layer is the finest step).
+
+    ``action_mode="mask"``: ``Box(0, 1, (max units,), float32)``, one keep score per unit of
+    the current layer (entries beyond its units are ignored). Units scoring at least 0.5
+    are asked for; their count goes through the same clamp, and the units kept are the
+    clamped count with the highest scores: a request over the allowed count loses its
+    lowest-scoring units, one under it gains the highest-scoring of the others. Ties go to
+    the criterion, then the lower index. A 0/1 mask is a valid action;
+    :func:`mask_scores` encodes a sampled mask with the probabilities it was drawn from,
+    so that trimming and filling follow those probabilities. Records then hold
+    ``kept_units``, the unit indices of every layer.
+
+    NaN, infinite, wrongly shaped or out-of-range actions raise ``ValueError``.
 
     ## Observation space
     ``Box(0, 1, (22,), float32)`` describing the current layer: index, type (one-hot conv,
@@ -68,6 +92,7 @@ class PruningEnv(gym.Env):
     - ``flops_budget``: fraction of the base FLOPs to keep, or None for no hard budget.
     - ``reward``: a name in :data:`prune_env.rewards.REWARDS`; ``reward_kwargs`` its options.
     - ``criterion``: which units to keep within a layer (``l1``, ``activation``, ``random``).
+    - ``action_mode``: ``ratio`` (a keep-ratio per layer) or ``mask`` (a score per unit).
     - ``min_keep``: lowest keep-ratio of any layer.
     - ``val_size``: validation examples (episodes for CartPole) per evaluation.
     - ``evaluation``: how a candidate is prepared before it is measured; with
@@ -104,6 +129,7 @@ class PruningEnv(gym.Env):
         finetune_steps: int = 20,
         cache: bool = True,
         layer_types: tuple[LayerType, ...] | list[LayerType] = (),
+        action_mode: str = "ratio",
     ):
         super().__init__()
         self.target = get_target(target, data_dir, limit) if isinstance(target, str) else target
@@ -111,6 +137,9 @@ class PruningEnv(gym.Env):
             raise ValueError(f"min_keep must be in (0, 1], got {min_keep}")
         if flops_budget is not None and not 0.0 < flops_budget <= 1.0:
             raise ValueError(f"flops_budget must be in (0, 1] or None, got {flops_budget}")
+        if action_mode not in ACTION_MODES:
+            raise ValueError(f"unknown action_mode {action_mode!r}; choose one of: {', '.join(ACTION_MODES)}")
+        self.action_mode = action_mode
         if reward == "budget" and flops_budget is None:
             raise ValueError("the 'budget' reward needs a flops_budget; pass one or choose 'tradeoff'/'log_flops'")
         self.flops_budget, self.min_keep, self.criterion = flops_budget, float(min_keep), criterion
@@ -132,16 +161,21 @@ class PruningEnv(gym.Env):
         self.evaluation = make_evaluation(evaluation, self.target, bn_calibration_size, finetune_steps)
         self._evaluate = self.target.evaluator("val", val_size)
         self.metric_base = self._evaluate(self.model)
-        self._cache: dict[tuple[int, ...], dict[str, Any]] | None = {} if cache and criterion != "random" else None
+        self._cache: dict[tuple, dict[str, Any]] | None = {} if cache and criterion != "random" else None
         self.cache_hits = self.cache_misses = 0
         self._layer_flops_base = self.flop_model.layer_flops(self.units) / self.flops_base
         self._static = self._static_features()
         self.timings: dict[str, float] = defaultdict(float)
         self._last_model: nn.Module | None = None
         self._last_counts: np.ndarray | None = None
-        self.action_space = spaces.Box(np.float32(self.min_keep), np.float32(1.0), shape=(1,), dtype=np.float32)
+        self._last_kept: list[np.ndarray] | None = None
+        if action_mode == "mask":
+            self.action_space = spaces.Box(0.0, 1.0, shape=(int(max(self.units)),), dtype=np.float32)
+        else:
+            self.action_space = spaces.Box(np.float32(self.min_keep), np.float32(1.0), shape=(1,), dtype=np.float32)
         self.observation_space = spaces.Box(0.0, 1.0, shape=(N_FEATURES,), dtype=np.float32)
         self._t, self._counts = 0, np.array(self.units)
+        self._kept: list[np.ndarray] = []
         self._needs_reset = True
 
     # ---- Gymnasium API -------------------------------------------------------------
@@ -149,7 +183,8 @@ class PruningEnv(gym.Env):
         super().reset(seed=seed)
         self._t = 0
         self._counts = np.array(self.units)
-        self._last_model, self._last_counts = None, None
+        self._kept = []
+        self._last_model, self._last_counts, self._last_kept = None, None, None
         self._needs_reset = False
         return self._observation(), {"layer": 0}
 
@@ -157,10 +192,14 @@ class PruningEnv(gym.Env):
         if self._needs_reset:
             raise ResetNeeded("call env.reset() before step(): " + (
                 "the episode is over" if self._t >= self.n_layers else "no episode has started"))
-        ratio = self._check_action(action)
         lo, hi = self._bounds
-        wanted = keep_count(ratio, int(self.units[self._t]))
-        self._counts[self._t] = self._clamp(wanted, lo, hi)
+        if self.action_mode == "mask":
+            scores = self._check_scores(action)
+            self._counts[self._t] = self._clamp(int((scores >= KEEP_THRESHOLD).sum()), lo, hi)
+            self._kept.append(self._top_scored(scores, int(self._counts[self._t])))
+        else:
+            wanted = keep_count(self._check_action(action), int(self.units[self._t]))
+            self._counts[self._t] = self._clamp(wanted, lo, hi)
         self._t += 1
         if self._t < self.n_layers:
             return self._observation(), 0.0, False, False, {"layer": self._t}
@@ -172,12 +211,16 @@ class PruningEnv(gym.Env):
     def _finish_episode(self) -> dict[str, Any]:
         self.timings["episodes"] += 1
         self._last_counts = self._counts.copy()
-        key = tuple(int(c) for c in self._counts)
+        self._last_kept = list(self._kept) if self.action_mode == "mask" else None
+        if self._last_kept is None:
+            key: tuple = tuple(int(c) for c in self._counts)
+        else:
+            key = tuple(tuple(int(i) for i in k) for k in self._last_kept)
         if self._cache is not None and key in self._cache:
             self.cache_hits += 1
             return copy.deepcopy(self._cache[key])
         self.cache_misses += 1
-        model = self._build(self._counts)
+        model = self._build(self._counts, self._last_kept)
         started = time.perf_counter()
         metric = self._evaluate(model)
         self.timings["evaluation"] += time.perf_counter() - started
@@ -189,10 +232,14 @@ class PruningEnv(gym.Env):
             self._cache[key] = copy.deepcopy(record)
         return record
 
-    def _build(self, counts: np.ndarray) -> nn.Module:
-        """The pruned copy at ``counts``, prepared by the evaluation mode."""
+    def _build(self, counts: np.ndarray, kept: list[np.ndarray] | None = None) -> nn.Module:
+        """The pruned copy at ``counts`` (units chosen by the criterion) or keeping the unit
+        indices ``kept``, prepared by the evaluation mode."""
         started = time.perf_counter()
-        model = self.pruner.prune_counts(counts, self._importance, self.np_random)
+        if kept is not None:
+            model = self.pruner.prune_indices(kept)
+        else:
+            model = self.pruner.prune_counts(counts, self._importance, self.np_random)
         self.timings["surgery"] += time.perf_counter() - started
         started = time.perf_counter()
         self.evaluation.prepare(model)
@@ -203,7 +250,7 @@ class PruningEnv(gym.Env):
     def last_model(self) -> nn.Module | None:
         """The last episode's pruned network, as measured (rebuilt on demand after a cache hit)."""
         if self._last_model is None and self._last_counts is not None:
-            self._last_model = self._build(self._last_counts)
+            self._last_model = self._build(self._last_counts, self._last_kept)
         return self._last_model
 
     def score(self, model: nn.Module) -> float:
@@ -234,6 +281,8 @@ class PruningEnv(gym.Env):
             "params_base": self.params_base, "params_pruned": count_params(model),
             "metric_name": self.target.metric_name, "metric_base_val": self.metric_base, "metric_pruned_val": metric,
             "reward": reward,
+            **({"kept_units": [[int(i) for i in k] for k in self._kept]}
+               if self.action_mode == "mask" and keep_counts is None and len(self._kept) == self.n_layers else {}),
         }
 
     # ---- actions and the budget ------------------------------------------------------
@@ -247,6 +296,27 @@ class PruningEnv(gym.Env):
         if not self.min_keep - 1e-6 <= value <= 1.0 + 1e-6:
             raise ValueError(f"keep-ratio {value} is outside [min_keep={self.min_keep}, 1]")
         return min(max(value, self.min_keep), 1.0)
+
+    def _check_scores(self, action) -> np.ndarray:
+        """The current layer's unit scores from a ``mask``-mode action."""
+        a = np.asarray(action, dtype=np.float64).reshape(-1) if np.ndim(action) <= 1 else None
+        units = int(self.units[self._t])
+        if a is None or len(a) not in (units, self.action_space.shape[0]):
+            raise ValueError(f"a mask action is one score per unit: shape ({units},) or "
+                             f"{self.action_space.shape}, got shape {np.shape(action)}")
+        a = a[:units]
+        if not np.isfinite(a).all():
+            raise ValueError("mask scores must be finite")
+        if a.min() < -1e-6 or a.max() > 1.0 + 1e-6:
+            raise ValueError(f"mask scores must be in [0, 1], got {a.min():.3g}..{a.max():.3g}")
+        return a
+
+    def _top_scored(self, scores: np.ndarray, n: int) -> np.ndarray:
+        """Indices of the ``n`` highest ``scores`` of the current layer, ties to the
+        criterion, then to the lower index; ascending."""
+        importance = self._importance.scores(self.pruner.stats, self._t, self.np_random).double().numpy()
+        order = np.lexsort((np.arange(len(scores)), -importance, -scores))
+        return np.sort(order[:n])
 
     def _flops_with(self, t: int, n: int, rest: np.ndarray) -> float:
         counts = self._counts.copy()

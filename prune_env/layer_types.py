@@ -177,6 +177,32 @@ class LSTMType(LayerType):
         return ((4.0 * steps, 1, 1), (4.0 * steps, 0, 2))
 
 
+class EmbeddingType(LayerType):
+    """A lookup table; unit j is embedding dimension j (column j of the weight). An index
+    input has no units to prune, so an embedding is always a network's first layer. fvcore
+    counts no FLOPs for a lookup: its width costs FLOPs through its consumer's inputs."""
+
+    modules = (nn.Embedding,)
+    role = Role.OWNS_UNITS
+    observed_kind = "linear"
+
+    def units(self, module, out):
+        return module.embedding_dim if out else module.num_embeddings
+
+    def unit_rows(self, module):
+        return module.weight.detach().t()
+
+    def slice(self, module, in_idx, out_idx):
+        if in_idx is not None:
+            raise ValueError("an embedding's inputs are indices, not units: it must be the first layer")
+        w = take(module.weight.detach(), out_idx, 1)
+        new = nn.Embedding(module.num_embeddings, w.shape[1], padding_idx=module.padding_idx,
+                           max_norm=module.max_norm, norm_type=module.norm_type,
+                           scale_grad_by_freq=module.scale_grad_by_freq, sparse=module.sparse)
+        new.weight.data = w.clone()
+        return new
+
+
 class BatchNormType(LayerType):
     modules = (nn.BatchNorm1d, nn.BatchNorm2d)
     role = Role.CARRIES_UNITS
@@ -212,7 +238,7 @@ class FlattenType(LayerType):
 
 
 BUILTIN_LAYER_TYPES: tuple[LayerType, ...] = (
-    Conv2dType(), LinearType(), LSTMType(), BatchNormType(), ActivationType(), FlattenType(),
+    Conv2dType(), LinearType(), LSTMType(), EmbeddingType(), BatchNormType(), ActivationType(), FlattenType(),
 )
 
 

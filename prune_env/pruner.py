@@ -51,6 +51,12 @@ class Pruner:
             raise ValueError(f"expected {len(self.layers)} keep-ratios, got {len(ratios)}")
         return np.array([keep_count(r, layer.units) for r, layer in zip(ratios, self.layers, strict=True)])
 
+    def keep_scores(self, layer: int, criterion: str | Importance = "l1",
+                    rng: np.random.Generator | None = None) -> torch.Tensor:
+        """Layer ``layer``'s unit scores under ``criterion`` (higher: keep), as float64."""
+        crit = get_criterion(criterion) if isinstance(criterion, str) else criterion
+        return crit.scores(self.stats, layer, rng or np.random.default_rng(0)).double()
+
     def keep_indices(self, counts: Sequence[int], criterion: str | Importance = "l1",
                      rng: np.random.Generator | None = None) -> list[torch.Tensor]:
         """The ``counts[i]`` most important units of each layer under ``criterion``."""
@@ -60,7 +66,12 @@ class Pruner:
 
     def prune_counts(self, counts: Sequence[int], criterion: str | Importance = "l1",
                      rng: np.random.Generator | None = None) -> nn.Sequential:
-        return prune_model(self.model, self.layers, self.keep_indices(counts, criterion, rng), self.layer_types).eval()
+        return self.prune_indices(self.keep_indices(counts, criterion, rng))
+
+    def prune_indices(self, keep: Sequence[Sequence[int] | torch.Tensor]) -> nn.Sequential:
+        """A physically smaller copy keeping units ``keep[i]`` of each layer."""
+        return prune_model(self.model, self.layers, [torch.as_tensor(k, dtype=torch.long) for k in keep],
+                           self.layer_types).eval()
 
     def prune(self, ratios: Sequence[float] | float, criterion: str | Importance = "l1",
               rng: np.random.Generator | None = None) -> nn.Sequential:

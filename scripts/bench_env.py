@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from agents.search import AGENTS, make_agent
+from agents.search import AGENTS, action_mode_of, make_agent
 from prune_env.cli import (
     add_evaluation_arguments,
     add_target_arguments,
@@ -53,8 +53,9 @@ def main() -> None:
     agent_config = None if args.agent == "random" else load_config(args.target, args.agent)["agent"]
     target = target_from_args(args)
     started = time.perf_counter()
+    action_mode = "ratio" if args.agent == "random" else action_mode_of(args.agent)
     env = PruningEnv(target, model=target.build_model() if args.untrained else None, **config,
-                     cache=not args.no_cache)
+                     cache=not args.no_cache, action_mode=action_mode)
     setup = time.perf_counter() - started
     env.action_space.seed(0)
 

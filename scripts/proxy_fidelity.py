@@ -1,12 +1,14 @@
 """Which evaluation mode ranks pruned networks the way the final fine-tune does?
 
     python scripts/proxy_fidelity.py --target vgg16_cifar10 --flops-budget 0.5 --candidates 30 \
-        [--finetune-epochs 0.1] [--modes plain,adaptive_bn,finetune] --out results/fidelity-vgg
+        [--finetune-epochs 0.1] [--modes plain,adaptive_bn,finetune] [--criteria l1,activation] \
+        --out results/fidelity-vgg
 
 Measures every single-shot heuristic's allocation and N random ones that meet the budget
 with each evaluation mode (validation slice) and after the standard fine-tune (test
 split); prints Kendall tau and Spearman rho of each mode against the fine-tuned metric and
-seconds per candidate, and writes OUT/fidelity.json, OUT/candidates.csv and
+seconds per candidate (with --criteria, which criterion gives the better fine-tuned network
+on the same widths), and writes OUT/fidelity.json, OUT/candidates.csv and
 OUT/candidates.jsonl (an interrupted run continues from it when started again).
 """
 
@@ -31,6 +33,7 @@ from prune_env.cli import (
 )
 from prune_env.config import load_config
 from prune_env.evaluation import EVALUATIONS
+from prune_env.importance import CRITERIA
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--candidates", type=int, default=30, help="random allocations besides the heuristics'")
     parser.add_argument("--modes", default=",".join(EVALUATIONS),
                         help="evaluation modes to compare, separated by commas")
+    parser.add_argument("--criteria", default="",
+                        help="also build every random allocation with these criteria (e.g. l1,activation) and "
+                             "compare them on the same widths (default: only the target's criterion)")
     parser.add_argument("--finetune-epochs", type=float, default=None,
                         help="the fine-tune whose result is the ground truth (default: the target's config)")
     parser.add_argument("--val-size", type=int, default=None,
@@ -64,6 +70,9 @@ def main() -> None:
     unknown = set(modes) - set(EVALUATIONS)
     if unknown or not modes:
         raise UsageError(f"unknown modes {sorted(unknown)}; choose from {', '.join(EVALUATIONS)}")
+    criteria = tuple(c for c in args.criteria.split(",") if c)
+    if set(criteria) - set(CRITERIA):
+        raise UsageError(f"unknown criteria {sorted(set(criteria) - set(CRITERIA))}; choose from {', '.join(CRITERIA)}")
     config = load_config(args.target, config_file=args.config, overrides={
         "env": {"val_size": args.val_size, **evaluation_overrides(args)},
         "evaluate": {"finetune_epochs": args.finetune_epochs}})
@@ -72,7 +81,8 @@ def main() -> None:
     target = target_from_args(args)
     check_budget_reachable(target, args.flops_budget, config["env"]["min_keep"])
     summary = proxy_fidelity(target, config["env"], args.flops_budget, args.candidates, Path(args.out),
-                             finetune_epochs=config["evaluate"]["finetune_epochs"], modes=modes, seed=args.seed)
+                             finetune_epochs=config["evaluate"]["finetune_epochs"], modes=modes, seed=args.seed,
+                             criteria=criteria)
     print(format_summary(summary))
     print(f"wrote {args.out}/fidelity.json, candidates.csv")
 

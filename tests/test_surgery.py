@@ -97,8 +97,8 @@ def _closed_form(name: str, w: list[int]) -> tuple[int, int]:
         params = (27 * c1 + c1) + (9 * c1 * c2 + c2) + (256 * c2 * d + d) + (10 * d + 10)
         return flops, params
     if name == "lstm":
-        h, d = w
-        e, t = 64, 256
+        e, h, d = w  # the embedding width is prunable too
+        t = 256
         flops = t * 4 * h * (e + h) + h * d + d
         params = 20000 * e + 4 * h * (e + h) + 8 * h + (h * d + d) + (d + 1)
         return flops, params

@@ -1,0 +1,107 @@
+"""REINFORCE channel agents: the seed's LayerAgents, which choose the units themselves.
+
+Each prunable layer has one agent holding a learnable logit per unit; a sigmoid turns
+the logits into keep probabilities, and every episode draws a Bernoulli keep mask per
+layer from them (the published form is DECORE, Alwani et al., CVPR 2022). The
+environment plays in ``mask`` mode: it brings each mask into the FLOPs budget, trimming
+the least probable kept units or filling with the most probable dropped ones
+(:func:`prune_env.env.mask_scores`). REINFORCE updates the logits on the log-probability
+of the sampled masks with rewards normalised per batch, as
+:class:`~agents.reinforce.ReinforceLayerAgents` does.
+
+Initialisation (``init``):
+- ``uniform``: every unit of a layer starts at the keep-ratio of the ``uniform``
+  allocation that meets the budget (``init_keep`` instead, when given);
+- ``importance``: the same mean logit, plus ``importance_scale`` times the unit's
+  standardised criterion score within its layer (important units start more likely);
+- ``keep``: DECORE's all-keep bias, every unit at ``init_keep`` (0.95 when not given); the
+  budget then trims by the criterion.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from agents.allocation import meet_budget
+from agents.reinforce import BatchReinforce
+from prune_env.config import CHANNEL_INITS as INITS
+from prune_env.env import PruningEnv, mask_scores
+
+
+class ChannelAgent(nn.Module):
+    """One logit per unit of a layer; Bernoulli keep probabilities."""
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.logits = nn.Parameter(logits.detach().float().clone())
+
+    def forward(self) -> torch.distributions.Bernoulli:
+        return torch.distributions.Bernoulli(logits=self.logits)
+
+
+def initial_logits(env: PruningEnv, init: str, init_keep: float | None, importance_scale: float) -> list[torch.Tensor]:
+    """The starting logits of every layer's agent (see the module's docstring)."""
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; choose one of: {', '.join(INITS)}")
+    if init_keep is not None and not 0 < init_keep < 1:
+        raise ValueError(f"init_keep must lie in (0, 1), got {init_keep}")
+    if init == "keep":
+        keep = np.full(env.n_layers, 0.95 if init_keep is None else init_keep)
+    elif init_keep is not None:
+        keep = np.full(env.n_layers, init_keep)
+    else:
+        keep = meet_budget(env, np.ones(env.n_layers))
+    keep = np.clip(keep, 0.02, 0.98)
+    logits = []
+    for i, p in enumerate(keep):
+        base = torch.full((int(env.units[i]),), float(np.log(p / (1 - p))))
+        if init == "importance" and len(base) > 1:
+            scores = env.pruner.keep_scores(i, env.criterion)
+            base = base + importance_scale * (scores - scores.mean()) / (scores.std() + 1e-12)
+        logits.append(base)
+    return logits
+
+
+class ReinforceChannelAgents(BatchReinforce):
+    """One :class:`ChannelAgent` per prunable layer: which units stay."""
+
+    name = "reinforce_channels"
+    action_mode = "mask"
+
+    def __init__(
+        self,
+        env: PruningEnv,
+        learning_rate: float = 0.1,
+        batch_episodes: int = 8,
+        init: str = "importance",
+        init_keep: float | None = None,
+        importance_scale: float = 1.0,
+        entropy_coef: float = 0.0,
+        seed: int = 0,
+    ):
+        hparams = {"learning_rate": learning_rate, "batch_episodes": batch_episodes, "init": init,
+                   "init_keep": init_keep, "importance_scale": importance_scale, "entropy_coef": entropy_coef,
+                   "seed": seed}
+        torch.manual_seed(seed)
+        base = env.unwrapped
+        policies = nn.ModuleList(ChannelAgent(logits) for logits in initial_logits(base, init, init_keep, importance_scale))
+        self._width = base.action_space.shape[0]
+        super().__init__(env, policies, hparams)
+
+    def _distribution(self, layer, obs):
+        return self.policies[layer]()
+
+    def _mode(self, dist):
+        return (dist.probs >= 0.5).float()
+
+    def _action(self, layer, sample, dist):
+        scores = np.zeros(self._width, dtype=np.float32)
+        scores[:len(sample)] = mask_scores(sample.numpy(), dist.probs.detach().numpy())
+        return scores
+
+    def keep_probabilities(self) -> list[np.ndarray]:
+        """Every layer's keep probabilities."""
+        with torch.no_grad():
+            return [torch.sigmoid(p.logits).numpy() for p in self.policies]
