@@ -16,7 +16,7 @@ from prune_env.files import write_json
 
 REPORT_KEYS = (
     "target", "policy", "seed", "flops_budget", "keep_ratios", "flops_base", "flops_pruned", "params_base",
-    "params_pruned", "metric_name", "metric_base", "metric_pruned", "metric_finetuned", "latency_ms_base",
+    "params_pruned", "metric_name", "metric_split", "metric_base", "metric_pruned", "metric_finetuned", "latency_ms_base",
     "latency_ms_pruned", "latency_batch_size", "search_seconds", "episodes", "evaluation",
 )
 EVALUATION_KEYS = ("evaluation", "bn_calibration_size", "finetune_steps")
@@ -87,7 +87,7 @@ def final_report(env: PruningEnv, model: nn.Module, record: dict, *, policy: str
         "target": target.name, "policy": policy, "seed": seed, "flops_budget": env.flops_budget,
         "keep_ratios": record["keep_ratios"], "flops_base": record["flops_base"],
         "flops_pruned": record["flops_pruned"], "params_base": record["params_base"],
-        "params_pruned": record["params_pruned"], "metric_name": target.metric_name,
+        "params_pruned": record["params_pruned"], "metric_name": target.metric_name, "metric_split": "test",
         "metric_base": metric_base, "metric_pruned": metric_pruned,
         "metric_finetuned": evaluate_test(finetuned) if finetune_epochs > 0 else metric_pruned,
         "latency_ms_base": base_latency["ms"], "latency_ms_pruned": pruned_latency["ms"],
@@ -97,6 +97,7 @@ def final_report(env: PruningEnv, model: nn.Module, record: dict, *, policy: str
         "flops_ratio": record["flops_ratio"], "keep_counts": record["keep_counts"],
         "criterion": record["criterion"], "reward_name": record["reward_name"],
         **{k: record[k] for k in EVALUATION_KEYS if k in record},
+        **({"kept_units": record["kept_units"]} if "kept_units" in record else {}),
         "metric_base_val": record["metric_base_val"], "metric_pruned_val": record["metric_pruned_val"],
         "finetune_epochs": finetune_epochs, "latency_threads": pruned_latency["threads"],
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",

@@ -139,6 +139,8 @@ def train_and_report(run: TrainRun) -> dict:
     save_pruned(out / "pruned_model.pt", finetuned, widths_of(finetuned, env.layers), target=target,
                 meta={"keep_ratios": report["keep_ratios"], "metric_finetuned": report["metric_finetuned"]})
     if run.export:
-        report["export"] = export_all(finetuned, env.model, target, out)
+        measured = {report["latency_batch_size"]: {"base": report["latency_ms_base"],
+                                                   "pruned": report["latency_ms_pruned"]}}
+        report["export"] = export_all(finetuned, env.model, target, out, measured=measured)
     write_report(out, report, resolved)
     return report

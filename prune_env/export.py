@@ -71,8 +71,11 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> fl
 
 
 def export_all(model: nn.Module, base: nn.Module, target: Target, out_dir: str | Path,
-               formats: tuple[str, ...] = FORMATS, batch_sizes: tuple[int, ...] = (1, 64)) -> dict:
-    """Export ``model`` in ``formats`` under ``out_dir``; parity and latency against ``base``."""
+               formats: tuple[str, ...] = FORMATS, batch_sizes: tuple[int, ...] = (1, 64),
+               measured: dict[int, dict[str, float]] | None = None) -> dict:
+    """Export ``model`` in ``formats`` under ``out_dir``; parity and latency against ``base``.
+    ``measured`` holds latencies already taken (batch size -> ``{"base": ms, "pruned": ms}``),
+    reused rather than timed a second time: one figure per network and batch size."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     example = target.example_input(2)
@@ -86,6 +89,9 @@ def export_all(model: nn.Module, base: nn.Module, target: Target, out_dir: str |
         result["files"][fmt] = str(path)
     result["latency_ms"] = {}
     for batch in batch_sizes:
+        if measured and batch in measured:
+            result["latency_ms"][f"batch_{batch}"] = dict(measured[batch])
+            continue
         x = target.example_input(batch)
         result["latency_ms"][f"batch_{batch}"] = {
             "base": measure_latency(base, x)["ms"], "pruned": measure_latency(model, x)["ms"]}

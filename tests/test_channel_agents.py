@@ -200,3 +200,12 @@ def test_a_saved_channel_run_is_rebuilt_unit_for_unit(tmp_path):
                                                                          "reward": "budget"})
     assert mode == "run_best" and rebuilt_env.action_mode == "mask"
     assert run_episode(rebuilt_env, policy)["kept_units"] == best["kept_units"]
+
+
+def test_the_mask_env_passes_both_env_checkers():
+    from gymnasium.utils.env_checker import check_env
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    env = mask_env()
+    check_env(env, skip_render_check=True)
+    sb3_check_env(env, warn=False)

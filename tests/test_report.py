@@ -55,7 +55,19 @@ def test_the_unpruned_network_is_measured_once_per_environment(monkeypatch):
     assert len({r["metric_base"] for r in reports}) == 1
     assert reports[0]["latency_ms_base"] == reports[1]["latency_ms_base"]
     for r in reports:
-        assert set(REPORT_KEYS) <= set(r)
+        assert set(REPORT_KEYS) <= set(r) and r["metric_split"] == "test"
+
+
+def test_an_export_reuses_the_latency_the_report_measured(tmp_path):
+    """One figure per network and batch size: the export does not time batch 4 again."""
+    from prune_env.export import export_all
+
+    env = _env()
+    run_episode(env, make_heuristic("uniform", env), seed=0)
+    result = export_all(env.last_model, env.model, env.target, tmp_path, formats=("torchscript",),
+                        batch_sizes=(4, 2), measured={4: {"base": 123.0, "pruned": 45.0}})
+    assert result["latency_ms"]["batch_4"] == {"base": 123.0, "pruned": 45.0}
+    assert all(v > 0 for v in result["latency_ms"]["batch_2"].values())
 
 
 def test_a_baseline_of_another_environment_is_refused():
