@@ -168,3 +168,14 @@ def test_surgery_agrees_with_torch_pruning(name):
                                 if layer.kind == "conv" else tp.prune_linear_out_channels, idxs=drop).prune()
     assert count_params(theirs) == count_params(ours)
     torch.testing.assert_close(theirs(x), ours(x), rtol=1e-5, atol=1e-5)
+
+
+def test_the_lstm_embedding_width_is_a_prunable_layer_that_costs_flops_through_the_lstm():
+    model, x = _model("lstm")
+    pruner = Pruner(model, x[:1])
+    assert [(layer.kind, layer.units) for layer in pruner.layers] == [("linear", 64), ("lstm", 128), ("linear", 64)]
+    narrow = pruner.prune_counts([16, 128, 64])
+    assert narrow[0].weight.shape == (20000, 16) and narrow[1].input_size == 16
+    saved = 256 * 4 * 128 * (64 - 16)  # the LSTM's input-to-hidden products
+    assert count_flops(model, x[:1]) - count_flops(narrow, x[:1]) == saved
+    assert pruner.flop_model.flops([16, 128, 64]) == count_flops(narrow, x[:1])
