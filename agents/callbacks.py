@@ -111,6 +111,41 @@ class BestModelCallback(SearchCallback):
             self.best_model.eval()
 
 
+def candidate_key(record: dict[str, Any]) -> tuple:
+    """What makes two episode records the same network: the kept unit indices when the
+    episode chose them (``mask`` mode), else the kept unit counts."""
+    if "kept_units" in record:
+        return tuple(tuple(k) for k in record["kept_units"])
+    return tuple(record["keep_counts"])
+
+
+class TopCandidatesCallback(SearchCallback):
+    """Keeps the records of the ``k`` best distinct networks by reward (the earlier episode
+    on a tie), for a final re-selection on held-out data (:func:`agents.search.reselect`)."""
+
+    key = "top"
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.k = k
+        self.records: list[dict[str, Any]] = []
+
+    def _on_episode(self, record):
+        key = candidate_key(record)
+        if any(candidate_key(r) == key for r in self.records):
+            return True
+        self.records.append({**record, "episode": self.monitor.counted_episodes})
+        self.records.sort(key=lambda r: -r["reward"])  # stable: the earlier episode first on a tie
+        del self.records[self.k:]
+        return True
+
+    def state(self):
+        return {"records": self.records}
+
+    def restore(self, state):
+        self.records = list(state["records"])
+
+
 class FirstBeatCallback(SearchCallback):
     """Notes the first episode (and search seconds) whose reward reaches ``reference_reward``
     (for example the best heuristic's)."""

@@ -221,5 +221,23 @@ def best_of(monitor: SearchMonitor, env: PruningEnv, agent) -> tuple[torch.nn.Mo
     return monitor.best_model, monitor.best_record
 
 
+def reselect(env: PruningEnv, records: list[dict], evaluate) -> tuple[torch.nn.Module, dict, dict]:
+    """Re-measure the networks of ``records`` (the search's best few) with ``evaluate``, on
+    data the search never saw, and return the best by that figure: its model, its record
+    and what was measured (the ``reselection`` entry of ``report.json``)."""
+    if not records:
+        raise ValueError("no candidates to re-select from")
+    measured = []
+    for record in records:
+        model = env.rebuild(record)
+        measured.append((evaluate(model), record, model))
+    best = max(range(len(measured)), key=lambda i: measured[i][0])  # the first on a tie: the best by reward
+    metric, record, model = measured[best]
+    summary = {"candidates": [{"episode": r["episode"], "reward": r["reward"], "metric_select_val": m}
+                              for m, r, _ in measured],
+               "chosen_episode": record["episode"], "metric_select_val": metric}
+    return model, record, summary
+
+
 def mean_reward(rewards: list[float], last: int = 20) -> float:
     return float(np.mean(rewards[-last:])) if rewards else float("nan")

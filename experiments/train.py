@@ -7,11 +7,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from agents.callbacks import TopCandidatesCallback
 from agents.search import (
     SearchMonitor,
     action_mode_of,
     best_of,
     make_agent,
+    reselect,
     restore_checkpoint,
     search,
 )
@@ -86,6 +88,8 @@ def refuse_changed_settings(saved_path: Path, resolved: dict) -> None:
                set(saved.get(section) or {}) | set(resolved.get(section) or {})
                if (saved.get(section) or {}).get(key) != (resolved.get(section) or {}).get(key)]
     changed += [key for key in ("target", "agent_kind", "seed") if saved.get(key) != resolved.get(key)]
+    if (saved.get("search") or {}).get("reselect_top", 0) != (resolved.get("search") or {}).get("reselect_top", 0):
+        changed.append("search.reselect_top")  # its candidates are collected during the search
     if changed:
         raise UsageError(f"--resume with other settings than the run in {saved_path.parent} "
                          f"({', '.join(sorted(changed))}); resume with the same flags, or start a new --out")
@@ -104,8 +108,10 @@ def train_and_report(run: TrainRun) -> dict:
     started = time.perf_counter()
     env = PruningEnv(target, **run.config["env"], action_mode=action_mode_of(run.agent))
     episodes = int(run.config["search"]["episodes"])
+    top_k = int(run.config["search"].get("reselect_top", 0))
+    top = [TopCandidatesCallback(top_k)] if top_k > 0 else []
     monitor = SearchMonitor(env, out / "tensorboard", total_episodes=episodes,
-                            reference_reward=reference, show_progress=run.show_progress)
+                            reference_reward=reference, show_progress=run.show_progress, callbacks=top)
     resolved = {**run.config, "target": target.name, "agent_kind": run.agent, "seed": run.seed,
                 "checkpoint": str(target.checkpoint_path)}
     if run.resume:
@@ -120,6 +126,11 @@ def train_and_report(run: TrainRun) -> dict:
     finally:
         monitor.close()
     model, record = best_of(monitor, env, agent)
+    reselection = None
+    if top and top[0].records:
+        held_out = target.evaluator("val", offset=env.val_size)  # validation examples the search never saw
+        model, record, reselection = reselect(env, top[0].records, held_out)
+        reselection = {"top": top_k, "offset": env.val_size, **reselection}
     search_seconds = monitor.elapsed() if run.resume else time.perf_counter() - started
 
     report, finetuned = final_report(
@@ -132,6 +143,7 @@ def train_and_report(run: TrainRun) -> dict:
     report["episodes_played"] = monitor.episodes
     report["first_beats_reference"] = monitor.first_beat
     report["best_reward"] = record["reward"]
+    report["reselection"] = reselection
     report["baselines"] = {name: {k: r[k] for k in ("reward", "metric_pruned_val", "flops_ratio", "keep_ratios")}
                            for name, r in baselines.items()}
     if baselines:

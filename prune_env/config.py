@@ -109,9 +109,14 @@ class SearchConfig:
 
     episodes: int = 200
     """Measured candidates (episodes) every searcher gets."""
+    reselect_top: int = 0
+    """Re-measure the best K distinct candidates on validation examples the search never saw
+    (those after its ``env.val_size``) and keep the best by that figure: a guard against
+    the winner's curse of a small validation slice (0: keep the best episode as measured)."""
 
     def check(self) -> None:
         _at_least("search.episodes", self.episodes, 1)
+        _at_least("search.reselect_top", self.reselect_top, 0)
 
 
 @dataclass
@@ -464,6 +469,9 @@ def resolve_config(target: str, agent: str | None = None, config_file: str | Pat
     flags = check_source(_drop_none(overrides or {}), "command line", agent)
     merged = merge(merged, flags, skip_none=True)
     config = Config(**{name: _build(cls, merged.get(name, {})) for name, cls in SECTIONS.items()})
+    _fail(config.search.reselect_top > 0 and config.env.val_size is None,
+          "search.reselect_top needs env.val_size: the search measures the first val_size validation examples "
+          "and the re-selection the ones after them")
     if agent is not None:
         config.agent = _build(AGENT_CONFIGS[agent], merged.get("agent", {}))
     return config

@@ -159,6 +159,7 @@ class PruningEnv(gym.Env):
             raise ValueError(f"flops_budget {flops_budget} is below what min_keep={min_keep} allows ({lowest:.3f})")
         self.metric_scale = float(self.target.metric_scale)
         self.evaluation = make_evaluation(evaluation, self.target, bn_calibration_size, finetune_steps)
+        self.val_size = val_size
         self._evaluate = self.target.evaluator("val", val_size)
         self.metric_base = self._evaluate(self.model)
         self._cache: dict[tuple, dict[str, Any]] | None = {} if cache and criterion != "random" else None
@@ -245,6 +246,13 @@ class PruningEnv(gym.Env):
         self.evaluation.prepare(model)
         self.timings["preparation"] += time.perf_counter() - started
         return model
+
+    def rebuild(self, record: dict[str, Any]) -> nn.Module:
+        """The network of an episode record (its ``kept_units``, or its ``keep_counts`` with
+        this env's criterion), prepared by the evaluation mode as the episode was."""
+        kept = record.get("kept_units")
+        return self._build(np.asarray(record["keep_counts"]),
+                           None if kept is None else [np.asarray(k, dtype=np.int64) for k in kept])
 
     @property
     def last_model(self) -> nn.Module | None:

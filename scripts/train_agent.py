@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the episode reward (default: the target's config)")
     parser.add_argument("--episodes", type=int, default=None,
                         help="measured candidates the search gets (default: the target's config)")
+    parser.add_argument("--reselect-top", type=int, default=None,
+                        help="re-measure the search's best K networks on validation examples it never saw and keep "
+                             "the best by that (default: the target's config, 0: off)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the agent and its episodes")
     parser.add_argument("--config", default=None,
                         help="a YAML file overriding the packaged prune_env/configs/<agent>.yaml and "
@@ -65,11 +68,12 @@ def main() -> None:
         raise UsageError("--resume needs the --out folder of the run to continue")
     check_fraction("--flops-budget", args.flops_budget)
     check_at_least("--episodes", args.episodes, 1)
+    check_at_least("--reselect-top", args.reselect_top, 0)
     check_at_least("--seed", args.seed, 0)
     check_at_least("--finetune-epochs", args.finetune_epochs, 0)
     config = load_config(args.target, args.agent, args.config, overrides={
         "env": {"flops_budget": args.flops_budget, "reward": args.reward, **evaluation_overrides(args)},
-        "search": {"episodes": args.episodes}, "evaluate": {"finetune_epochs": args.finetune_epochs},
+        "search": {"episodes": args.episodes, "reselect_top": args.reselect_top}, "evaluate": {"finetune_epochs": args.finetune_epochs},
     })
     if config["env"].get("reward") != "budget" and args.flops_budget is None:
         config["env"]["flops_budget"] = None

@@ -66,8 +66,10 @@ class Target(ABC):
         """An input of the right shape and dtype (for tracing, FLOPs and latency)."""
 
     @abstractmethod
-    def evaluator(self, split: str = "val", size: int | None = None) -> Evaluator:
-        """A function ``model -> metric`` on a fixed slice of ``split`` (``val`` or ``test``)."""
+    def evaluator(self, split: str = "val", size: int | None = None, offset: int = 0) -> Evaluator:
+        """A function ``model -> metric`` on a fixed slice of ``split`` (``val`` or ``test``):
+        ``size`` examples (episodes) from the ``offset``-th on, so that slices at different
+        offsets never share an example."""
 
     @abstractmethod
     def calibration_inputs(self, n: int = 512) -> torch.Tensor:
@@ -186,16 +188,19 @@ class SupervisedTarget(Target):
             return F.binary_cross_entropy_with_logits(logits[:, 0].float(), y.float())
         return F.cross_entropy(logits.float(), y)
 
-    def split_tensors(self, split: str, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def split_tensors(self, split: str, size: int | None = None, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         if split not in ("train", "val", "test"):
             raise ValueError(f"unknown split {split!r}; use 'train', 'val' or 'test'")
         x, y = getattr(self.data, f"x_{split}"), getattr(self.data, f"y_{split}")
-        if size is not None:
-            x, y = x[:size], y[:size]
+        end = None if size is None else offset + size
+        x, y = x[offset:end], y[offset:end]
+        if len(y) == 0:
+            raise ValueError(f"the {split} split has {len(getattr(self.data, f'y_{split}'))} rows: none from row "
+                             f"{offset} on; use a smaller val_size")
         return self.to_batch(x, y, False, None)
 
-    def evaluator(self, split: str = "val", size: int | None = None) -> Evaluator:
-        x, y = self.split_tensors(split, size)
+    def evaluator(self, split: str = "val", size: int | None = None, offset: int = 0) -> Evaluator:
+        x, y = self.split_tensors(split, size, offset)
 
         def evaluate(model: nn.Module) -> float:
             return accuracy(predict_logits(model, x, bf16=self.eval_bf16), y)

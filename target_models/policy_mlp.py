@@ -70,13 +70,13 @@ class CartPolePolicy(Target):
     def example_input(self, batch_size: int = 1) -> torch.Tensor:
         return torch.zeros(batch_size, 4)
 
-    def evaluator(self, split: str = "val", size: int | None = None) -> Evaluator:
+    def evaluator(self, split: str = "val", size: int | None = None, offset: int = 0) -> Evaluator:
         if split not in SEEDS:
             raise ValueError(f"unknown split {split!r}; use 'val' or 'test'")
         episodes = size or EPISODES[split]
         if self.limit is not None:
             episodes = min(episodes, self.limit)
-        return lambda model: float(rollout(model, episodes, SEEDS[split])[0].mean())
+        return lambda model: float(rollout(model, episodes, SEEDS[split] + offset)[0].mean())
 
     def calibration_inputs(self, n: int = 512) -> torch.Tensor:
         """States visited by the pretrained policy (random actions mixed in for coverage)."""

@@ -63,7 +63,7 @@ class ToyTarget(_NoTraining):
     def example_input(self, batch_size=1):
         return torch.zeros(batch_size, 4)
 
-    def evaluator(self, split="val", size=None):
+    def evaluator(self, split="val", size=None, offset=0):
         def evaluate(model: nn.Module) -> float:
             kept = [m.out_features for m in model if isinstance(m, nn.Linear)][:-1]
             return float(1.0 - np.abs(np.array(kept) / np.array(self.default_widths) - self.optimum).mean())
@@ -91,7 +91,7 @@ class ModelTarget(_NoTraining):
     def example_input(self, batch_size=1):
         return self.inputs[:batch_size]
 
-    def evaluator(self, split="val", size=None):
+    def evaluator(self, split="val", size=None, offset=0):
         @torch.no_grad()
         def evaluate(model: nn.Module) -> float:
             return float((model.eval()(self.inputs).argmax(-1) == self.labels).float().mean())

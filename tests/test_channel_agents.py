@@ -32,7 +32,7 @@ def _useful_units_model() -> nn.Sequential:
 class OutputFidelity(ModelTarget):
     """Metric: 1 - relative squared error against the unpruned model's outputs."""
 
-    def evaluator(self, split="val", size=None):
+    def evaluator(self, split="val", size=None, offset=0):
         reference = self.model_builder().eval()(self.inputs).detach()
 
         @torch.no_grad()

@@ -32,6 +32,7 @@ MISTAKES = [
      "--flops-budget 0.01 is below the"),
     ("episodes-0", [*TRAIN, "--episodes", "0", "--out", "{w}/new"], "--episodes must be at least 1, got 0"),
     ("episodes-negative", [*TRAIN, "--episodes", "-5", "--out", "{w}/new"], "--episodes must be at least 1, got -5"),
+    ("reselect-negative", [*TRAIN, "--reselect-top", "-1", "--out", "{w}/new"], "--reselect-top must be at least 0, got -1"),
     ("finetune-steps-0", [*TRAIN, "--finetune-steps", "0", "--out", "{w}/new"],
      "--finetune-steps must be at least 1, got 0"),
     ("unknown-agent", [*TRAIN, "--agent", "dqn", "--out", "{w}/new"], "invalid choice: 'dqn'"),

@@ -221,7 +221,8 @@ def test_train_agent_script_searches_and_resumes_with_a_search_baseline(kind, is
     get_target("cartpole_policy").pretrain(epochs=1, show_progress=False)
     out = tmp_path / "run"
     base = [sys.executable, "scripts/train_agent.py", "--target", "cartpole_policy", "--agent", kind,
-            "--out", str(out), "--quiet", "--finetune-epochs", "0", "--no-export", "--evaluation", "plain"]
+            "--out", str(out), "--quiet", "--finetune-epochs", "0", "--no-export", "--evaluation", "plain",
+            *(["--reselect-top", "3"] if kind == "random_search" else [])]
     first = subprocess.run([*base, "--episodes", "6"], cwd=REPO, env=script_env(isolated_home),
                            capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-2000:]
@@ -231,3 +232,11 @@ def test_train_agent_script_searches_and_resumes_with_a_search_baseline(kind, is
     report = json.loads((out / "report.json").read_text())
     assert report["policy"] == kind and report["episodes"] == report["episodes_played"] == 10
     assert report["evaluation"] == "plain" and abs(report["flops_pruned"] / report["flops_base"] - 0.5) <= 0.01
+    if kind == "random_search":  # the best 3 of all 10 episodes, across the resume, measured again on unseen episodes
+        reselection = report["reselection"]
+        assert reselection["top"] == 3 and reselection["offset"] == 50 and len(reselection["candidates"]) == 3
+        assert reselection["chosen_episode"] == report["best_episode"]
+        assert [c["reward"] for c in reselection["candidates"]] == sorted(
+            [c["reward"] for c in reselection["candidates"]], reverse=True)
+    else:
+        assert report["reselection"] is None
