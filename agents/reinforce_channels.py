@@ -15,7 +15,11 @@ Initialisation (``init``):
 - ``importance``: the same mean logit, plus ``importance_scale`` times the unit's
   standardised criterion score within its layer (important units start more likely);
 - ``keep``: DECORE's all-keep bias, every unit at ``init_keep`` (0.95 when not given); the
-  budget then trims by the criterion.
+  budget then trims by the criterion;
+- ``global``: start at the best heuristic's network: one global threshold on the
+  criterion's per-layer-normalised scores meets the budget (the rule of the ``l1`` and
+  ``ngf`` heuristics); the units it keeps start at ``init_keep`` (0.9 when not given), the
+  others at one minus that.
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.allocation import meet_budget
+from agents.allocation import counts_meeting_budget, meet_budget
 from agents.reinforce import BatchReinforce
 from prune_env.config import CHANNEL_INITS as INITS
 from prune_env.env import PruningEnv, mask_scores
+from prune_env.importance import global_threshold_counts
+from prune_env.surgery import top_units
 
 
 class ChannelAgent(nn.Module):
@@ -47,6 +53,8 @@ def initial_logits(env: PruningEnv, init: str, init_keep: float | None, importan
         raise ValueError(f"unknown init {init!r}; choose one of: {', '.join(INITS)}")
     if init_keep is not None and not 0 < init_keep < 1:
         raise ValueError(f"init_keep must lie in (0, 1), got {init_keep}")
+    if init == "global":
+        return _global_threshold_logits(env, 0.9 if init_keep is None else init_keep)
     if init == "keep":
         keep = np.full(env.n_layers, 0.95 if init_keep is None else init_keep)
     elif init_keep is not None:
@@ -61,6 +69,21 @@ def initial_logits(env: PruningEnv, init: str, init_keep: float | None, importan
             scores = env.pruner.keep_scores(i, env.criterion)
             base = base + importance_scale * (scores - scores.mean()) / (scores.std() + 1e-12)
         logits.append(base)
+    return logits
+
+
+def _global_threshold_logits(env: PruningEnv, keep: float) -> list[torch.Tensor]:
+    """Logits that keep, deterministically, the units one global threshold on normalised
+    criterion scores keeps at the budget."""
+    scores = [env.pruner.keep_scores(i, env.criterion) for i in range(env.n_layers)]
+    counts = env.units if env.flops_budget is None else counts_meeting_budget(
+        env, global_threshold_counts(scores), env.flops_budget * env.flops_base, 0.0, 1.0)
+    a = float(np.log(keep / (1 - keep)))
+    logits = []
+    for s, n in zip(scores, counts, strict=True):
+        layer = torch.full((len(s),), -a)
+        layer[top_units(s, int(n))] = a
+        logits.append(layer)
     return logits
 
 

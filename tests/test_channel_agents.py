@@ -209,3 +209,16 @@ def test_the_mask_env_passes_both_env_checkers():
     env = mask_env()
     check_env(env, skip_render_check=True)
     sb3_check_env(env, warn=False)
+
+
+@pytest.mark.parametrize("criterion, heuristic", [("l1", "l1"), ("activation", "ngf")])
+def test_the_global_start_is_the_heuristic_network(criterion, heuristic):
+    """``init: global`` starts, deterministically, at the l1 / ngf heuristic's very units."""
+    from agents.heuristics import make_heuristic
+
+    env = mask_env(layers=3, criterion=criterion)
+    twin = PruningEnv(env.target, model=env.model, flops_budget=0.5, criterion=criterion)
+    planned = run_episode(twin, make_heuristic(heuristic, twin))
+    expected = [sorted(k.tolist()) for k in twin.pruner.keep_indices(planned["keep_counts"], criterion)]
+    agent = make_agent("reinforce_channels", env, {"init": "global"})
+    assert run_episode(env, agent, deterministic=True)["kept_units"] == expected
