@@ -12,6 +12,7 @@ import numpy as np
 
 from prune_env.bisection import counts_within_flops
 from prune_env.env import PruningEnv
+from prune_env.importance import global_threshold_counts
 
 
 def counts_meeting_budget(env: PruningEnv, counts_at: Callable[[float], np.ndarray], budget: float,
@@ -19,6 +20,12 @@ def counts_meeting_budget(env: PruningEnv, counts_at: Callable[[float], np.ndarr
     """Unit counts ``counts_at(x)`` (FLOPs rising with x, at least ``min_keep``) for the x
     whose FLOPs come closest to ``budget`` from below, found by bisection."""
     return counts_within_flops(env.flop_model.flops, counts_at, budget, env.min_counts, lo, hi)
+
+
+def global_threshold_allocation(env: PruningEnv, scores: list) -> np.ndarray:
+    """Unit counts of one global threshold on per-layer-normalised ``scores`` that meet the
+    budget (the rule of the ``l1`` and ``ngf`` heuristics)."""
+    return counts_meeting_budget(env, global_threshold_counts(scores), env.flops_budget * env.flops_base, 0.0, 1.0)
 
 
 def meet_budget(env: PruningEnv | gym.Env, ratios: np.ndarray) -> np.ndarray:

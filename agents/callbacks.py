@@ -112,11 +112,10 @@ class BestModelCallback(SearchCallback):
 
 
 def candidate_key(record: dict[str, Any]) -> tuple:
-    """What makes two episode records the same network: the kept unit indices when the
-    episode chose them (``mask`` mode), else the kept unit counts."""
-    if "kept_units" in record:
-        return tuple(tuple(k) for k in record["kept_units"])
-    return tuple(record["keep_counts"])
+    """The network of an episode record, as the environment's cache keys it."""
+    from prune_env.env import network_key
+
+    return network_key(record["keep_counts"], record.get("kept_units"))
 
 
 class TopCandidatesCallback(SearchCallback):

@@ -13,10 +13,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from agents.allocation import counts_meeting_budget, sample_allocation
+from agents.allocation import counts_meeting_budget, global_threshold_allocation, sample_allocation
 from agents.base import PrunesInRounds
 from prune_env.env import PruningEnv
-from prune_env.importance import global_threshold_counts
 from prune_env.rounds import RoundPruner
 from prune_env.schedules import polynomial_decay
 
@@ -42,8 +41,10 @@ class HeuristicPolicy:
 
     def _meet_budget(self, counts_at: Callable[[float], np.ndarray], lo: float, hi: float) -> np.ndarray:
         env = self.env
-        counts = counts_meeting_budget(env, counts_at, env.flops_budget * env.flops_base, lo, hi)
-        return np.clip(counts / env.units, env.min_keep, 1.0)
+        return self._as_ratios(counts_meeting_budget(env, counts_at, env.flops_budget * env.flops_base, lo, hi))
+
+    def _as_ratios(self, counts: np.ndarray) -> np.ndarray:
+        return np.clip(counts / self.env.units, self.env.min_keep, 1.0)
 
 
 class UniformPolicy(HeuristicPolicy):
@@ -62,7 +63,7 @@ class L1Policy(HeuristicPolicy):
     preferred_criterion = "l1"
 
     def plan(self):
-        return self._meet_budget(global_threshold_counts(self.env.pruner.stats.l1), 0.0, 1.0)
+        return self._as_ratios(global_threshold_allocation(self.env, self.env.pruner.stats.l1))
 
 
 class NGFPolicy(HeuristicPolicy):
@@ -72,7 +73,7 @@ class NGFPolicy(HeuristicPolicy):
     preferred_criterion = "activation"
 
     def plan(self):
-        return self._meet_budget(global_threshold_counts(self.env.pruner.stats.activation), 0.0, 1.0)
+        return self._as_ratios(global_threshold_allocation(self.env, self.env.pruner.stats.activation))
 
 
 class FixedAllocation:

@@ -28,11 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.allocation import counts_meeting_budget, meet_budget
+from agents.allocation import global_threshold_allocation, meet_budget
 from agents.reinforce import BatchReinforce
 from prune_env.config import CHANNEL_INITS as INITS
 from prune_env.env import PruningEnv, mask_scores
-from prune_env.importance import global_threshold_counts
 from prune_env.surgery import top_units
 
 
@@ -76,8 +75,7 @@ def _global_threshold_logits(env: PruningEnv, keep: float) -> list[torch.Tensor]
     """Logits that keep, deterministically, the units one global threshold on normalised
     criterion scores keeps at the budget."""
     scores = [env.pruner.keep_scores(i, env.criterion) for i in range(env.n_layers)]
-    counts = env.units if env.flops_budget is None else counts_meeting_budget(
-        env, global_threshold_counts(scores), env.flops_budget * env.flops_base, 0.0, 1.0)
+    counts = env.units if env.flops_budget is None else global_threshold_allocation(env, scores)
     a = float(np.log(keep / (1 - keep)))
     logits = []
     for s, n in zip(scores, counts, strict=True):

@@ -30,6 +30,14 @@ KEEP_THRESHOLD = 0.5
 """In ``mask`` mode, units scoring at least this are asked for."""
 
 
+def network_key(keep_counts, kept_units=None) -> tuple:
+    """What makes two episodes the same network: the kept unit indices when the episode
+    chose them (``mask`` mode), else the kept unit counts (the criterion picks the units)."""
+    if kept_units is not None:
+        return tuple(tuple(int(i) for i in k) for k in kept_units)
+    return tuple(int(c) for c in keep_counts)
+
+
 def mask_scores(mask: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """A ``mask``-mode action from a 0/1 keep ``mask`` and the keep probabilities it was
     drawn from: kept units score in [0.5, 1], dropped ones in [0, 0.5), each ordered by its
@@ -213,10 +221,7 @@ class PruningEnv(gym.Env):
         self.timings["episodes"] += 1
         self._last_counts = self._counts.copy()
         self._last_kept = list(self._kept) if self.action_mode == "mask" else None
-        if self._last_kept is None:
-            key: tuple = tuple(int(c) for c in self._counts)
-        else:
-            key = tuple(tuple(int(i) for i in k) for k in self._last_kept)
+        key = network_key(self._counts, self._last_kept)
         if self._cache is not None and key in self._cache:
             self.cache_hits += 1
             return copy.deepcopy(self._cache[key])

@@ -62,7 +62,7 @@ class Pruner:
         """The ``counts[i]`` most important units of each layer under ``criterion``."""
         crit = get_criterion(criterion) if isinstance(criterion, str) else criterion
         rng = rng or np.random.default_rng(0)
-        return [top_units(crit.scores(self.stats, i, rng), int(n)) for i, n in enumerate(counts)]
+        return [top_units(self.keep_scores(i, crit, rng), int(n)) for i, n in enumerate(counts)]
 
     def prune_counts(self, counts: Sequence[int], criterion: str | Importance = "l1",
                      rng: np.random.Generator | None = None) -> nn.Sequential:
