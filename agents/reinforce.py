@@ -38,6 +38,8 @@ class BatchReinforce:
         self.env, self.hparams, self.policies = env, hparams, policies
         self.optimizer = torch.optim.Adam(self.policies.parameters(), lr=hparams["learning_rate"])
         self.episodes_done = 0
+        self.start: dict | None = None
+        """Where the search started, when the agent chose it by reward (channel agents' ``init: best``)."""
 
     # ---- what a subclass defines -----------------------------------------------------
     def _distribution(self, layer: int, obs: torch.Tensor) -> torch.distributions.Distribution:
@@ -98,7 +100,7 @@ class BatchReinforce:
     def save(self, path: str | Path) -> None:
         atomic_save({"kind": self.name, "hparams": self.hparams, "n_layers": self.env.n_layers,
                      "state_dict": self.policies.state_dict(), "optimizer": self.optimizer.state_dict(),
-                     "episodes_done": self.episodes_done, "torch_rng": torch.get_rng_state()},
+                     "episodes_done": self.episodes_done, "start": self.start, "torch_rng": torch.get_rng_state()},
                     path)
 
     @classmethod
@@ -116,6 +118,7 @@ class BatchReinforce:
             raise CheckpointError(f"{path} was saved for a network of other widths ({exc.__class__.__name__})") from exc
         agent.optimizer.load_state_dict(ckpt["optimizer"])
         agent.episodes_done = ckpt["episodes_done"]
+        agent.start = ckpt.get("start")
         torch.set_rng_state(ckpt["torch_rng"])  # the same samples as a run that never stopped
         return agent
 

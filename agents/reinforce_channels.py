@@ -16,10 +16,14 @@ Initialisation (``init``):
   standardised criterion score within its layer (important units start more likely);
 - ``keep``: DECORE's all-keep bias, every unit at ``init_keep`` (0.95 when not given); the
   budget then trims by the criterion;
-- ``global``: start at the best heuristic's network: one global threshold on the
-  criterion's per-layer-normalised scores meets the budget (the rule of the ``l1`` and
-  ``ngf`` heuristics); the units it keeps start at ``init_keep`` (0.9 when not given), the
-  others at one minus that.
+- ``global``: start at a heuristic's network: one global threshold on the criterion's
+  per-layer-normalised scores meets the budget (the rule of the ``l1`` and ``ngf``
+  heuristics); the units it keeps start at ``init_keep`` (0.9 when not given), the
+  others at one minus that;
+- ``best``: start, as ``global`` does, at the network of the best single-shot heuristic
+  (``uniform`` with the env's criterion, ``l1``, ``ngf``) by the search's own reward: the
+  first episodes of the search play those networks (they count in its episode budget,
+  and are candidates like any other), then the agent starts from the best of them.
 """
 
 from __future__ import annotations
@@ -52,8 +56,9 @@ def initial_logits(env: PruningEnv, init: str, init_keep: float | None, importan
         raise ValueError(f"unknown init {init!r}; choose one of: {', '.join(INITS)}")
     if init_keep is not None and not 0 < init_keep < 1:
         raise ValueError(f"init_keep must lie in (0, 1), got {init_keep}")
-    if init == "global":
-        return _global_threshold_logits(env, 0.9 if init_keep is None else init_keep)
+    if init in ("global", "best"):
+        kept = global_threshold_units(env, env.criterion)
+        return logits_keeping(env, kept, 0.9 if init_keep is None else init_keep)
     if init == "keep":
         keep = np.full(env.n_layers, 0.95 if init_keep is None else init_keep)
     elif init_keep is not None:
@@ -71,16 +76,35 @@ def initial_logits(env: PruningEnv, init: str, init_keep: float | None, importan
     return logits
 
 
-def _global_threshold_logits(env: PruningEnv, keep: float) -> list[torch.Tensor]:
-    """Logits that keep, deterministically, the units one global threshold on normalised
-    criterion scores keeps at the budget."""
-    scores = [env.pruner.keep_scores(i, env.criterion) for i in range(env.n_layers)]
+def global_threshold_units(env: PruningEnv, criterion: str) -> list[torch.Tensor]:
+    """The units one global threshold on per-layer-normalised ``criterion`` scores keeps at
+    the budget (every unit without a budget): the ``l1`` / ``ngf`` heuristic's network."""
+    scores = [env.pruner.keep_scores(i, criterion) for i in range(env.n_layers)]
     counts = env.units if env.flops_budget is None else global_threshold_allocation(env, scores)
+    return [top_units(s, int(n)) for s, n in zip(scores, counts, strict=True)]
+
+
+def heuristic_starts(env: PruningEnv) -> dict[str, list[torch.Tensor]]:
+    """The distinct networks of the single-shot heuristics, as kept units per layer:
+    ``uniform`` (the env's criterion picks the units), ``l1`` and ``ngf``."""
+    uniform = env.pruner.keep_indices(env.pruner.keep_counts(meet_budget(env, np.ones(env.n_layers))), env.criterion)
+    starts: dict[str, list[torch.Tensor]] = {}
+    for name, kept in [("uniform", uniform), ("l1", global_threshold_units(env, "l1")),
+                       ("ngf", global_threshold_units(env, "activation"))]:
+        if not any(all(torch.equal(a.sort().values, b.sort().values) for a, b in zip(kept, other, strict=True))
+                   for other in starts.values()):
+            starts[name] = kept
+    return starts
+
+
+def logits_keeping(env: PruningEnv, kept: list[torch.Tensor], keep: float) -> list[torch.Tensor]:
+    """Logits that keep units ``kept[i]`` of layer i with probability ``keep`` and drop the
+    others with the same probability."""
     a = float(np.log(keep / (1 - keep)))
     logits = []
-    for s, n in zip(scores, counts, strict=True):
-        layer = torch.full((len(s),), -a)
-        layer[top_units(s, int(n))] = a
+    for i, units in enumerate(kept):
+        layer = torch.full((int(env.units[i]),), -a)
+        layer[units] = a
         logits.append(layer)
     return logits
 
@@ -110,6 +134,37 @@ class ReinforceChannelAgents(BatchReinforce):
         policies = nn.ModuleList(ChannelAgent(logits) for logits in initial_logits(base, init, init_keep, importance_scale))
         self._width = base.action_space.shape[0]
         super().__init__(env, policies, hparams)
+
+    def learn(self, total_episodes: int, env=None, callback=None):
+        """As :meth:`BatchReinforce.learn`; with ``init: best`` the first episodes of the
+        first call play the heuristics' networks and the agent starts from the best."""
+        if self.hparams["init"] == "best" and self.episodes_done == 0 and total_episodes > 0:
+            played = self._play_heuristic_starts(env or self.env, total_episodes)
+            total_episodes -= played
+            if callback is not None and callback(self) is False:
+                return self
+        return super().learn(total_episodes, env=env, callback=callback)
+
+    def _play_heuristic_starts(self, env, limit: int) -> int:
+        base = self.env.unwrapped
+        rewards = {}
+        for name, kept in list(heuristic_starts(base).items())[:limit]:
+            env.reset(seed=0)
+            done = False
+            while not done:
+                scores = np.zeros(self._width, dtype=np.float32)
+                scores[kept[base.current_layer]] = 1.0
+                _, reward, terminated, truncated, info = env.step(scores)
+                done = terminated or truncated
+            rewards[name] = (float(reward), [torch.as_tensor(k) for k in info["report"]["kept_units"]])
+        best = max(rewards, key=lambda n: rewards[n][0])  # the first on a tie
+        keep = 0.9 if self.hparams["init_keep"] is None else self.hparams["init_keep"]
+        with torch.no_grad():
+            for policy, logits in zip(self.policies, logits_keeping(base, rewards[best][1], keep), strict=True):
+                policy.logits.copy_(logits)
+        self.start = {"network": best, "rewards": {n: r for n, (r, _) in rewards.items()}}
+        self.episodes_done += len(rewards)
+        return len(rewards)
 
     def _distribution(self, layer, obs):
         return self.policies[layer]()

@@ -144,6 +144,7 @@ def train_and_report(run: TrainRun) -> dict:
     report["first_beats_reference"] = monitor.first_beat
     report["best_reward"] = record["reward"]
     report["reselection"] = reselection
+    report["agent_start"] = getattr(agent, "start", None)
     report["baselines"] = {name: {k: r[k] for k in ("reward", "metric_pruned_val", "flops_ratio", "keep_ratios")}
                            for name, r in baselines.items()}
     if baselines:

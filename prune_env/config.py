@@ -168,7 +168,7 @@ class ReinforceConfig:
         _fail(self.entropy_coef < 0, f"agent.entropy_coef must be at least 0, got {self.entropy_coef}")
 
 
-CHANNEL_INITS = ("uniform", "importance", "keep", "global")
+CHANNEL_INITS = ("uniform", "importance", "keep", "global", "best")
 """How channel agents start (:mod:`agents.reinforce_channels`)."""
 
 
@@ -181,11 +181,12 @@ class ReinforceChannelsConfig:
     batch_episodes: int = 8
     """Episodes per update (rewards are normalised within the batch)."""
     init: str = "importance"
-    """Starting keep probabilities: ``uniform``, ``importance``, ``keep`` (all-keep bias) or ``global``
-    (the network of a global threshold on normalised criterion scores, as the l1 and ngf heuristics)."""
+    """Starting keep probabilities: ``uniform``, ``importance``, ``keep`` (all-keep bias), ``global`` (the
+    network of a global threshold on normalised criterion scores, as the l1 and ngf heuristics) or ``best`` (the
+    best single-shot heuristic's network by the search's reward; its first episodes measure them)."""
     init_keep: float | None = None
     """Starting keep probability, in (0, 1) (``null``: the budget's uniform keep-ratio; 0.95 for ``keep``; 0.9 for
-    the units ``global`` keeps)."""
+    the units ``global`` and ``best`` keep)."""
     importance_scale: float = 1.0
     """Logit added per standard deviation of the criterion's score (``importance``)."""
     entropy_coef: float = 0.0

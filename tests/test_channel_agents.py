@@ -222,3 +222,34 @@ def test_the_global_start_is_the_heuristic_network(criterion, heuristic):
     expected = [sorted(k.tolist()) for k in twin.pruner.keep_indices(planned["keep_counts"], criterion)]
     agent = make_agent("reinforce_channels", env, {"init": "global"})
     assert run_episode(env, agent, deterministic=True)["kept_units"] == expected
+
+
+def test_the_best_start_measures_the_heuristic_networks_within_the_episode_budget(tmp_path):
+    """``init: best`` spends its first episodes on the heuristics' networks, starts from the
+    best by reward, and the search still plays exactly its episode budget."""
+    from agents.reinforce_channels import heuristic_starts
+
+    env = useful_units_env()
+    starts = heuristic_starts(env)
+    agent = make_agent("reinforce_channels", env, {"init": "best", "batch_episodes": 4}, seed=0)
+    monitor = SearchMonitor(env, show_progress=False)
+    search(agent, env, monitor, 10, tmp_path)
+    assert monitor.counted_episodes == monitor.episodes == agent.episodes_done == 10
+    assert set(agent.start["rewards"]) == set(starts)
+    assert monitor.rewards[:len(starts)] == list(agent.start["rewards"].values())
+    best = max(agent.start["rewards"], key=agent.start["rewards"].get)
+    assert agent.start["network"] == best
+    loaded = load_agent(tmp_path / "agent_reinforce_channels.pt", env)
+    assert loaded.start == agent.start
+
+
+def test_the_best_start_keeps_the_best_heuristic_network():
+    from agents.reinforce_channels import heuristic_starts
+
+    env = mask_env(layers=3, budget=0.5)
+    agent = make_agent("reinforce_channels", env, {"init": "best"}, seed=0)
+    agent._play_heuristic_starts(env, 3)
+    kept = heuristic_starts(env)[agent.start["network"]]
+    report = run_episode(env, agent, deterministic=True)
+    assert report["kept_units"] == [sorted(k.tolist()) for k in kept]
+    assert report["reward"] == max(agent.start["rewards"].values())
