@@ -120,7 +120,7 @@ class ReinforceChannelAgents(BatchReinforce):
         env: PruningEnv,
         learning_rate: float = 0.1,
         batch_episodes: int = 8,
-        init: str = "importance",
+        init: str = "best",
         init_keep: float | None = None,
         importance_scale: float = 1.0,
         entropy_coef: float = 0.0,

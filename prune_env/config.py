@@ -180,7 +180,7 @@ class ReinforceChannelsConfig:
     learning_rate: float = 0.1
     batch_episodes: int = 8
     """Episodes per update (rewards are normalised within the batch)."""
-    init: str = "importance"
+    init: str = "best"
     """Starting keep probabilities: ``uniform``, ``importance``, ``keep`` (all-keep bias), ``global`` (the
     network of a global threshold on normalised criterion scores, as the l1 and ngf heuristics) or ``best`` (the
     best single-shot heuristic's network by the search's reward; its first episodes measure them)."""
