@@ -54,7 +54,8 @@ class BaselineMeasurements:
     def latency(self, batch_size: int) -> dict:
         """:func:`measure_latency` of the unpruned network at ``batch_size``."""
         if batch_size not in self._latency:
-            self._latency[batch_size] = measure_latency(self.env.model, self.env.target.example_input(batch_size))
+            self._latency[batch_size] = measure_latency(self.env.model, self.env.target.example_input(batch_size),
+                                                        device=self.env.target.device)
         return self._latency[batch_size]
 
 
@@ -81,7 +82,7 @@ def final_report(env: PruningEnv, model: nn.Module, record: dict, *, policy: str
         target.finetune(finetuned, epochs=finetune_epochs, seed=seed, show_progress=show_progress)
     example = target.example_input(latency_batch_size)
     base_latency = baseline.latency(latency_batch_size)
-    pruned_latency = measure_latency(finetuned, example)
+    pruned_latency = measure_latency(finetuned, example, device=target.device)
     metric_pruned = evaluate_test(model)
     report = {
         "target": target.name, "policy": policy, "seed": seed, "flops_budget": env.flops_budget,
@@ -91,7 +92,8 @@ def final_report(env: PruningEnv, model: nn.Module, record: dict, *, policy: str
         "metric_base": metric_base, "metric_pruned": metric_pruned,
         "metric_finetuned": evaluate_test(finetuned) if finetune_epochs > 0 else metric_pruned,
         "latency_ms_base": base_latency["ms"], "latency_ms_pruned": pruned_latency["ms"],
-        "latency_batch_size": latency_batch_size, "search_seconds": round(search_seconds, 2),
+        "latency_batch_size": latency_batch_size, "device": str(target.device),
+        "search_seconds": round(search_seconds, 2),
         "episodes": episodes,
         # beyond the common schema
         "flops_ratio": record["flops_ratio"], "keep_counts": record["keep_counts"],

@@ -25,6 +25,7 @@ from prune_env.structure import find_prunable_layers
 from prune_env.surgery import widths_of
 from target_models.cnn import build_cnn
 from target_models.data import CIFAR10, FASHION_MNIST, MNIST, load_image_classification
+from target_models.device import resolve_device
 from target_models.images import CIFAR10_MEAN, CIFAR10_STD, random_crop_flip, to_image_tensor
 from target_models.policy_mlp import build_policy_mlp, rollout
 from target_models.small_nets import build_lenet5, build_mlp
@@ -56,6 +57,8 @@ class SupervisedConfig:
     limit: int | None = None
     """Use only the first rows of each split (quick trials)."""
     data_dir: str | None = None
+    device: str = "cpu"
+    """Where the network trains and is measured (``auto``, ``cpu``, ``cuda``, ``mps``)."""
 
 
 def build_classifier(name: str, channels: int, size: int, widths: list[int] | None = None) -> nn.Sequential:
@@ -82,6 +85,7 @@ def train_supervised(cfg: SupervisedConfig, pruner: TrainingPruner, show_progres
             x = random_crop_flip(x, rng)
         return to_image_tensor(x, mean, std), torch.from_numpy(np.asarray(y))
 
+    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = build_classifier(cfg.model, channels, size)
     x_val, y_val = to_batch(data.x_val, data.y_val, False, None)
@@ -93,9 +97,10 @@ def train_supervised(cfg: SupervisedConfig, pruner: TrainingPruner, show_progres
         pruner.begin_period(epoch)
         progress = train(model, data.x_train, data.y_train, to_batch, F.cross_entropy,
                          TrainConfig(epochs=1, batch_size=cfg.batch_size, lr=cfg.lr, schedule="constant",
-                                     seed=cfg.seed * 1000 + epoch), progress=TrainProgress(), show_progress=False)
+                                     seed=cfg.seed * 1000 + epoch), progress=TrainProgress(), show_progress=False,
+                         device=device)
         pruner.end_period(epoch)
-        val = accuracy(predict_logits(model, x_val), y_val)
+        val = accuracy(predict_logits(model, x_val, device=device), y_val)
         history.append({"epoch": epoch + 1, "loss": progress.mean_loss(), "val_accuracy": val,
                         "params": pruner.params_after()})
         if pruner.pruned_at and pruner.pruned_at[-1] == epoch:
@@ -109,8 +114,8 @@ def train_supervised(cfg: SupervisedConfig, pruner: TrainingPruner, show_progres
     x_test, y_test = to_batch(data.x_test, data.y_test, False, None)
     results = {
         "task": "supervised", "method": pruner.name, "config": asdict(cfg), "history": history,
-        "epochs_trained": len(history), "test_accuracy": accuracy(predict_logits(exported, x_test), y_test),
-        "test_accuracy_masked": accuracy(predict_logits(model, x_test), y_test),
+        "epochs_trained": len(history), "test_accuracy": accuracy(predict_logits(exported, x_test, device=device), y_test),
+        "test_accuracy_masked": accuracy(predict_logits(model, x_test, device=device), y_test),
         **pruner.summary(exported), "training_seconds": round(seconds, 2),
     }
     return results, exported

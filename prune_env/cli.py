@@ -18,6 +18,7 @@ from target_models import (
     get_target,
 )
 from target_models.base import Target
+from target_models.device import DEVICES, DeviceUnavailableError
 
 
 class UsageError(ValueError):
@@ -86,6 +87,22 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None,
                         help="a pretrained checkpoint file to use instead of the project's own "
                              "(default: <target>.pt in $PRUNE_ENV_CHECKPOINTS, else the cache)")
+    add_device_argument(parser)
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """``--device``: where training, fine-tuning and measuring run."""
+    parser.add_argument("--device", default="auto", type=device_name, metavar="DEVICE",
+                        help=f"where networks train and are measured, one of: {', '.join(DEVICES)} "
+                             "(default: auto, a CUDA GPU when there is one, else Apple's MPS, else the CPU)")
+
+
+def device_name(name: str) -> str:
+    """``--device``: a device kind this project knows (an argparse ``type``); whether the
+    machine has it is checked when the target is built."""
+    if name.lower().split(":")[0] not in DEVICES:
+        raise argparse.ArgumentTypeError(f"unknown device {name!r}; choose one of: {', '.join(DEVICES)}")
+    return name
 
 
 def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
@@ -195,10 +212,12 @@ def check_out_folder(out: str | Path, results: tuple[str, ...] = ("report.json",
 def target_from_args(args: argparse.Namespace) -> Target:
     if args.checkpoint is not None and not Path(args.checkpoint).expanduser().is_file():
         raise UsageError(f"--checkpoint {args.checkpoint}: no such file")
-    return get_target(args.target, data_dir=args.data_dir, limit=args.limit, checkpoint=args.checkpoint)
+    return get_target(args.target, data_dir=args.data_dir, limit=args.limit, checkpoint=args.checkpoint,
+                      device=args.device)
 
 
-USER_ERRORS = (UnknownTargetError, CheckpointError, DataUnavailableError, UsageError, ConfigError, FileNotFoundError)
+USER_ERRORS = (UnknownTargetError, CheckpointError, DataUnavailableError, DeviceUnavailableError, UsageError,
+               ConfigError, FileNotFoundError)
 """Errors caused by the user's input: :func:`run_main` reports them in one line, exit status 2."""
 
 

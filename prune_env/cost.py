@@ -21,6 +21,7 @@ from torch import nn
 
 from prune_env.layer_types import LayerTypes
 from prune_env.structure import PrunableLayer, trace_shapes
+from target_models.device import autocast, module_device, on_device, to_device
 
 
 def lstm_flop_jit(inputs, outputs) -> int:
@@ -135,10 +136,19 @@ def median_ms(call: Callable[[], object], repeats: int = 20, warmup: int = 3, wa
 
 @torch.no_grad()
 def measure_latency(model: nn.Module, example: torch.Tensor, repeats: int = 20, warmup: int = 3,
-                    bf16: bool = False) -> dict:
-    """Median wall time of a forward pass (warm), with the batch size and thread count used."""
+                    mixed_precision: bool = False, device: torch.device | None = None) -> dict:
+    """Median wall time of a forward pass (warm) on ``device`` (default: where the model
+    is; a CUDA run waits for the GPU to finish), with the batch size and threads used."""
+    device = device or module_device(model)
     model.eval()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        ms = median_ms(lambda: model(example), repeats, warmup)
-    return {"ms": ms, "batch_size": int(example.shape[0]),
-            "threads": torch.get_num_threads(), "repeats": repeats, "bf16": bf16}
+    x = to_device(example, device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def forward() -> None:
+        model(x)
+        sync()
+
+    with on_device(model, device), autocast(device, mixed_precision):
+        ms = median_ms(forward, repeats, warmup)
+    return {"ms": ms, "batch_size": int(example.shape[0]), "device": str(device),
+            "threads": torch.get_num_threads(), "repeats": repeats, "mixed_precision": mixed_precision}

@@ -37,7 +37,7 @@ class UnitMasks:
 
     def _hook(self, i: int, layer: PrunableLayer):
         def hook(_module, _inputs, output):
-            mask = self.keep[i].to(output.dtype)
+            mask = self.keep[i].to(output.device, output.dtype)
             shape = [1] * output.dim()
             shape[layer.unit_axis] = -1
             return output * mask.view(shape)
@@ -232,13 +232,13 @@ class MagnitudePruner(TrainingPruner):
     def _zero(self, module: nn.Module) -> None:
         # on .data: weights only change between forward passes through the optimiser, so this
         # never alters a value an autograd graph in flight has used
-        module.weight.data.mul_(self.masks[module])
+        module.weight.data.mul_(self.masks[module].to(module.weight.device))
 
     def _apply_masks(self, model: nn.Module) -> None:
         with torch.no_grad():
             for original, copy_ in zip(weight_modules(self.model), weight_modules(model), strict=True):
                 if original in self.masks:
-                    copy_.weight.mul_(self.masks[original])
+                    copy_.weight.mul_(self.masks[original].to(copy_.weight.device))
 
     def export(self):
         for h in self._handles:

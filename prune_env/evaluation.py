@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from target_models.device import autocast, on_device, to_device
+
 if TYPE_CHECKING:
     from target_models.base import Target
 
@@ -95,11 +97,12 @@ class AdaptiveBN(EvaluationMode):
         model.eval()
         for m in norms:
             m.train()  # normalise with batch statistics, as in training
-        bf16 = bool(getattr(self.target, "eval_bf16", False))
+        mixed = bool(getattr(self.target, "eval_autocast", False))
+        device = getattr(self.target, "device", torch.device("cpu"))
         try:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with on_device(model, device), autocast(device, mixed):
                 for batch in torch.tensor_split(self.inputs, self.batches):  # near-equal sizes
-                    model(batch)
+                    model(to_device(batch, device))
         finally:
             for handle in handles:
                 handle.remove()

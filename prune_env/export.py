@@ -73,7 +73,8 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> fl
 def export_all(model: nn.Module, base: nn.Module, target: Target, out_dir: str | Path,
                formats: tuple[str, ...] = FORMATS, batch_sizes: tuple[int, ...] = (1, 64),
                measured: dict[int, dict[str, float]] | None = None) -> dict:
-    """Export ``model`` in ``formats`` under ``out_dir``; parity and latency against ``base``.
+    """Export ``model`` in ``formats`` under ``out_dir``; parity (on the CPU) and PyTorch
+    latency (on the target's device) against ``base``.
     ``measured`` holds latencies already taken (batch size -> ``{"base": ms, "pruned": ms}``),
     reused rather than timed a second time: one figure per network and batch size."""
     out_dir = Path(out_dir)
@@ -94,6 +95,7 @@ def export_all(model: nn.Module, base: nn.Module, target: Target, out_dir: str |
             continue
         x = target.example_input(batch)
         result["latency_ms"][f"batch_{batch}"] = {
-            "base": measure_latency(base, x)["ms"], "pruned": measure_latency(model, x)["ms"]}
-    result["threads"] = torch.get_num_threads()
+            "base": measure_latency(base, x, device=target.device)["ms"],
+            "pruned": measure_latency(model, x, device=target.device)["ms"]}
+    result["device"], result["threads"] = str(target.device), torch.get_num_threads()
     return result

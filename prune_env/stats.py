@@ -39,7 +39,7 @@ class ActivationTracker:
             out = output[0] if isinstance(output, tuple) else output
             a = out.detach().abs().double()
             unit_dim = unit_axis % a.dim()
-            self.sums[i] += a.sum(dim=[d for d in range(a.dim()) if d != unit_dim])
+            self.sums[i] += a.sum(dim=[d for d in range(a.dim()) if d != unit_dim]).cpu()
             self.counts[i] += a.numel() // a.shape[unit_dim]
         return hook
 

@@ -90,12 +90,12 @@ def main() -> None:
     }
     if hasattr(target, "split_tensors"):  # is bf16 evaluation faster, and accurate enough?
         x, y = target.split_tensors("val", config.get("val_size"))
-        for precision, bf16 in (("fp32", False), ("bf16", True)):
-            predict_logits(env.model, x[:64], bf16=bf16)  # warm-up
+        for precision, mixed in (("fp32", False), ("bf16", True)):
+            predict_logits(env.model, x[:64], mixed_precision=mixed, device=target.device)  # warm-up
             started = time.perf_counter()
-            result[f"val_metric_{precision}"] = round(accuracy(predict_logits(env.model, x, bf16=bf16), y), 4)
+            result[f"val_metric_{precision}"] = round(accuracy(predict_logits(env.model, x, mixed_precision=mixed, device=target.device), y), 4)
             result[f"val_seconds_{precision}"] = round(time.perf_counter() - started, 3)
-        result["eval_uses"] = "bf16" if getattr(target, "eval_bf16", False) else "fp32"
+        result["eval_uses"] = "bf16" if getattr(target, "eval_autocast", False) else "fp32"
     print(json.dumps(result) if args.json else "\n".join(f"{k:22s} {v}" for k, v in result.items()))
 
 

@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from prune_env.cli import UsageError, make_parser, run_main
+from prune_env.cli import UsageError, add_device_argument, make_parser, run_main
 from prune_env.export import FORMATS, export_all, load_pruned
 from prune_env.files import write_json
 from target_models import get_target
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", default="all", choices=[*FORMATS, "all"], help="which files to write")
     parser.add_argument("--data-dir", default=None,
                         help="local data in the hub's parquet layout (default: $PRUNE_ENV_DATA_DIR, else the hub)")
+    add_device_argument(parser)
     return parser
 
 
@@ -41,7 +42,8 @@ def main() -> None:
         raise UsageError(f"{config_path} is not valid JSON ({exc})") from exc
     if not isinstance(config, dict) or "target" not in config:
         raise UsageError(f"{config_path} names no target; is {run} a run folder of scripts/train_agent.py?")
-    target = get_target(config["target"], data_dir=args.data_dir, checkpoint=config.get("checkpoint"))
+    target = get_target(config["target"], data_dir=args.data_dir, checkpoint=config.get("checkpoint"),
+                        device=args.device)
     model = load_pruned(run / "pruned_model.pt", target)
     formats = FORMATS if args.format == "all" else (args.format,)
     result = export_all(model, target.load_pretrained(), target, run, formats)

@@ -30,6 +30,7 @@ from experiments.train_with_pruning import (
 )
 from prune_env.cli import (
     UsageError,
+    add_device_argument,
     check_at_least,
     check_fraction,
     check_out_folder,
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="supervised: use only the first N rows of each split (default: every row)")
     parser.add_argument("--data-dir", default=None,
                         help="local data in the hub's parquet layout (default: $PRUNE_ENV_DATA_DIR, else the hub)")
+    add_device_argument(parser)
     parser.add_argument("--pruning-method", default="none", choices=list(PRUNERS), help="how the network is pruned")
     parser.add_argument("--critical-start", type=int, default=0, help="ngf: first period of the critical period")
     parser.add_argument("--critical-duration", type=int, default=1, help="ngf: periods in the critical period")
@@ -141,7 +143,7 @@ def main() -> None:
     name = args.name or f"{args.pruning_method}-s{args.seed}-{datetime.now():%Y%m%d-%H%M%S}"
     if args.task == "supervised":
         cfg = SupervisedConfig(args.dataset, args.model, args.epochs, patience=args.patience, seed=args.seed,
-                               limit=args.limit, data_dir=args.data_dir)
+                               limit=args.limit, data_dir=args.data_dir, device=args.device)
         out = check_out_folder(Path(args.root) / "supervised" / args.dataset / args.model / name,
                                ("results.json",), args.force)
         results, model = train_supervised(cfg, pruner, show_progress=not args.quiet)

@@ -24,6 +24,7 @@ from target_models.checkpoints import (
     load_checkpoint,
 )
 from target_models.data import Splits
+from target_models.device import resolve_device
 from target_models.training import (
     TrainConfig,
     TrainProgress,
@@ -51,11 +52,14 @@ class Target(ABC):
     default_widths: tuple[int, ...]
 
     def __init__(self, data_dir: str | Path | None = None, limit: int | None = None,
-                 checkpoint: str | Path | None = None):
+                 checkpoint: str | Path | None = None, device: str | torch.device = "cpu"):
         self.data_dir = data_dir
         self.limit = limit
         self.checkpoint = Path(checkpoint).expanduser() if checkpoint is not None else None
         """A checkpoint file to use instead of the project's own (``--checkpoint``)."""
+        self.device = resolve_device(device)
+        """Where training, fine-tuning and measuring run (``--device``); networks are handed in
+        and back on the CPU, where surgery happens (:func:`target_models.device.on_device`)."""
 
     @abstractmethod
     def build_model(self, widths: Sequence[int] | None = None) -> nn.Module:
@@ -159,8 +163,9 @@ class SupervisedTarget(Target):
     metric_name = "accuracy"
     train_config: TrainConfig
     finetune_lr: float = 1e-4
-    eval_bf16: bool = False
-    """Evaluate in bfloat16 autocast (faster on CPUs with AMX, checked to agree)."""
+    eval_autocast: bool = False
+    """Evaluate in mixed precision, the autocast that suits the device (bfloat16 is faster on CPUs with AMX;
+    checked to agree, ``bench_env.py``)."""
 
     @abstractmethod
     def load_splits(self) -> Splits:
@@ -203,7 +208,7 @@ class SupervisedTarget(Target):
         x, y = self.split_tensors(split, size, offset)
 
         def evaluate(model: nn.Module) -> float:
-            return accuracy(predict_logits(model, x, bf16=self.eval_bf16), y)
+            return accuracy(predict_logits(model, x, mixed_precision=self.eval_autocast, device=self.device), y)
 
         return evaluate
 
@@ -223,7 +228,7 @@ class SupervisedTarget(Target):
             epochs = steps / math.ceil(len(self.data.y_train) / self.train_config.batch_size)
         cfg = replace(self.train_config, epochs=epochs, lr=self.finetune_lr, seed=seed)
         train(model, self.data.x_train, self.data.y_train, self.to_batch, self.loss, cfg,
-              desc=f"fine-tune {self.name}", show_progress=show_progress)
+              desc=f"fine-tune {self.name}", show_progress=show_progress, device=self.device)
 
     def pretrain(
         self,
@@ -277,7 +282,7 @@ class SupervisedTarget(Target):
         progress = train(model, self.data.x_train, self.data.y_train, self.to_batch, self.loss, cfg,
                          optimizer=optimizer, progress=progress, deadline=deadline,
                          end_of_epoch=end_of_epoch, save_state=save, desc=f"pretrain {self.name}",
-                         show_progress=show_progress)
+                         show_progress=show_progress, device=self.device)
         steps_per_epoch = -(-len(self.data.y_train) // cfg.batch_size)
         finished = progress.epoch * steps_per_epoch + progress.step >= round(cfg.epochs * steps_per_epoch)
         if finished and progress.step:  # a fractional last epoch: measure and mark complete

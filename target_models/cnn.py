@@ -27,8 +27,8 @@ def build_cnn(widths: Sequence[int] = (32, 64, 512), num_classes: int = 10, in_c
 class CnnCifar10(Cifar10Target):
     name = "cnn_cifar10"
     default_widths = (32, 64, 512)
-    train_config = TrainConfig(epochs=12, batch_size=128, lr=1e-3, optimizer="adam", bf16=True)
-    eval_bf16 = True
+    train_config = TrainConfig(epochs=12, batch_size=128, lr=1e-3, optimizer="adam", autocast=True)
+    eval_autocast = True
 
     def build_model(self, widths=None):
         return build_cnn(widths or self.default_widths)

@@ -20,9 +20,10 @@ class UnknownTargetError(ValueError):
 
 
 def get_target(name: str, data_dir: str | Path | None = None, limit: int | None = None,
-               checkpoint: str | Path | None = None) -> Target:
+               checkpoint: str | Path | None = None, device: str = "cpu") -> Target:
     """The target called ``name``; ``limit`` keeps only the first rows of each data split;
-    ``checkpoint`` is a pretrained file to use instead of the project's own."""
+    ``checkpoint`` is a pretrained file to use instead of the project's own; ``device``
+    (``auto``, ``cpu``, ``cuda``, ``mps``) is where it trains and measures."""
     if name not in TARGETS:
         raise UnknownTargetError(f"unknown target {name!r}; choose one of: {', '.join(TARGETS)}")
-    return TARGETS[name](data_dir=data_dir, limit=limit, checkpoint=checkpoint)
+    return TARGETS[name](data_dir=data_dir, limit=limit, checkpoint=checkpoint, device=device)

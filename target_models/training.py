@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from target_models.device import autocast, module_device, needs_grad_scaler, on_device, to_device
+
 
 @dataclass
 class TrainConfig:
@@ -29,8 +31,9 @@ class TrainConfig:
     """L2 penalty of the optimiser."""
     grad_clip: float | None = None
     """Clip the gradient norm to this value when set."""
-    bf16: bool = False
-    """Use bfloat16 autocast on the CPU (faster where AMX is available)."""
+    autocast: bool = False
+    """Train in mixed precision: the autocast that suits the device (:func:`target_models.device.autocast`:
+    bfloat16 on the CPU, where AMX makes it faster, and on recent GPUs; float16 with loss scaling on others)."""
     seed: int = 0
     """Seeds the order of examples in every epoch."""
     schedule: str = "cosine"
@@ -86,16 +89,27 @@ def train(
     save_state: Callable[[TrainProgress], None] | None = None,
     desc: str = "train",
     show_progress: bool = True,
+    device: torch.device | None = None,
 ) -> TrainProgress:
-    """Train ``model`` in place on ``(x, y)``, resumable from ``progress``.
+    """Train ``model`` in place on ``(x, y)``, resumable from ``progress``, on ``device``
+    (default: where the model is; it is moved back there at the end).
 
     The order of examples in epoch ``e`` depends only on ``cfg.seed`` and ``e``, so a run that
     stops mid-epoch (deadline reached, or Ctrl-C) and resumes from its saved progress sees
     the same batches as one that never stopped. ``save_state`` is called when the run stops
     early; ``end_of_epoch`` after every full epoch (evaluate and checkpoint there).
     """
-    optimizer = optimizer or make_optimizer(model, cfg)
-    progress = progress or TrainProgress()
+    device = device or module_device(model)
+    with on_device(model, device):
+        optimizer = optimizer or make_optimizer(model, cfg)
+        return _train(model, x, y, to_batch, loss_fn, cfg, optimizer, progress or TrainProgress(), deadline,
+                      end_of_epoch, save_state, desc, show_progress, device)
+
+
+def _train(model, x, y, to_batch, loss_fn, cfg, optimizer, progress, deadline, end_of_epoch, save_state, desc,
+           show_progress, device) -> TrainProgress:
+    _move_optimizer_state(optimizer, device)
+    scaler = torch.amp.GradScaler(device.type) if needs_grad_scaler(device, cfg.autocast) else None
     steps_per_epoch = math.ceil(len(y) / cfg.batch_size)
     total_steps = max(1, int(round(cfg.epochs * steps_per_epoch)))
     done = progress.epoch * steps_per_epoch + progress.step
@@ -112,17 +126,25 @@ def train(
                 if deadline is not None and time.time() >= deadline:
                     raise TimeoutError
                 idx = order[progress.step * cfg.batch_size:(progress.step + 1) * cfg.batch_size]
-                xb, yb = to_batch(x[idx], y[idx], True, rng)
+                xb, yb = (to_device(t, device) for t in to_batch(x[idx], y[idx], True, rng))
                 lr = cfg.lr if cfg.schedule == "constant" else cfg.lr * 0.5 * (1 + math.cos(math.pi * done / total_steps))
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                with autocast(device, cfg.autocast):
                     loss = loss_fn(model(xb), yb)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if scaler is None:
+                    loss.backward()
+                else:
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
                 if cfg.grad_clip is not None:
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
+                if scaler is None:
+                    optimizer.step()
+                else:
+                    scaler.step(optimizer)
+                    scaler.update()
                 loss_value = loss.item()
                 progress.loss_sum += loss_value
                 progress.loss_steps += 1
@@ -150,15 +172,27 @@ def train(
     return progress
 
 
+def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """An optimiser restored from a checkpoint (on the CPU) follows the model to ``device``."""
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.dim() > 0:
+                state[key] = value.to(device)
+
+
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 500, bf16: bool = False) -> torch.Tensor:
-    """Model outputs for a whole tensor, in batches, in eval mode."""
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 500, mixed_precision: bool = False,
+                   device: torch.device | None = None) -> torch.Tensor:
+    """Model outputs (on the CPU) for a whole tensor, in batches, in eval mode, computed on
+    ``device`` (default: where the model is) in autocast when ``mixed_precision``."""
+    device = device or module_device(model)
     was_training = model.training
-    model.eval()
     outs = []
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        for start in range(0, len(x), batch_size):
-            outs.append(model(x[start:start + batch_size]).float())
+    with on_device(model, device):
+        model.eval()
+        with autocast(device, mixed_precision):
+            for start in range(0, len(x), batch_size):
+                outs.append(model(to_device(x[start:start + batch_size], device)).float().cpu())
     model.train(was_training)
     return torch.cat(outs)
 

@@ -29,9 +29,9 @@ def build_vgg16(widths: Sequence[int] = VGG16_WIDTHS, num_classes: int = 10) -> 
 class Vgg16Cifar10(Cifar10Target):
     name = "vgg16_cifar10"
     default_widths = VGG16_WIDTHS
-    train_config = TrainConfig(epochs=30, batch_size=128, lr=0.05, optimizer="sgd", weight_decay=5e-4, bf16=True)
+    train_config = TrainConfig(epochs=30, batch_size=128, lr=0.05, optimizer="sgd", weight_decay=5e-4, autocast=True)
     finetune_lr = 1e-3
-    eval_bf16 = True
+    eval_autocast = True
 
     def build_model(self, widths=None):
         return build_vgg16(widths or self.default_widths)

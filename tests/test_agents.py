@@ -16,6 +16,7 @@ from prune_env.env import PruningEnv
 from prune_env.export import export_all
 from prune_env.pruner import Pruner
 from target_models import get_target
+from target_models.device import resolve_device
 from tests.helpers import REPO, script_env, toy_env
 
 OPTIMUM = np.array([0.85, 0.35])
@@ -87,23 +88,34 @@ def test_search_resumes_from_the_saved_episode_count(kind, tmp_path):
     assert len(resumed_monitor.rewards) == 32
 
 
-def test_train_agent_script_runs_resumes_and_exports(isolated_home, tmp_path):
-    """Pretrains CartPole (a short PPO run), searches, resumes and exports."""
+def _train_cartpole_run(home, out, *extra: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "scripts/train_agent.py", "--target", "cartpole_policy", "--agent", "reinforce",
+               "--out", str(out), "--quiet", "--finetune-epochs", "0.2", "--no-export", *extra]
+    result = subprocess.run(command, cwd=REPO, env=script_env(home), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
+def test_train_agent_script_runs_and_resumes(isolated_home, tmp_path):
+    """Pretrains CartPole (a short PPO run), searches, resumes and reports."""
     out = tmp_path / "run"
-    base = [sys.executable, "scripts/train_agent.py", "--target", "cartpole_policy", "--agent", "reinforce",
-            "--out", str(out), "--quiet", "--finetune-epochs", "0.2", "--no-export"]
     get_target("cartpole_policy").pretrain(epochs=2, show_progress=False)
-    first = subprocess.run([*base, "--episodes", "8"], cwd=REPO, env=script_env(isolated_home),
-                           capture_output=True, text=True, timeout=600)
-    assert first.returncode == 0, first.stderr[-2000:]
-    second = subprocess.run([*base, "--episodes", "16", "--resume"], cwd=REPO, env=script_env(isolated_home),
-                            capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0, second.stderr[-2000:]
+    _train_cartpole_run(isolated_home, out, "--episodes", "8")
+    second = _train_cartpole_run(isolated_home, out, "--episodes", "16", "--resume")
     assert "at episode 8 of 16" in second.stdout
     report = json.loads((out / "report.json").read_text())
     assert report["episodes"] == 16 and report["policy"] == "reinforce"
+    assert report["device"] == str(resolve_device("auto"))  # the scripts' --device default
     assert abs(report["flops_pruned"] / report["flops_base"] - 0.5) <= 0.01
     assert (out / "pruned_model.pt").exists() and (out / "tensorboard").is_dir()
+
+
+@pytest.mark.slow  # four scripts in a row: about 20 s
+def test_a_trained_run_exports_and_evaluates(isolated_home, tmp_path):
+    out = tmp_path / "run"
+    get_target("cartpole_policy").pretrain(epochs=2, show_progress=False)
+    _train_cartpole_run(isolated_home, out, "--episodes", "8")
+    report = json.loads((out / "report.json").read_text())
     exported = subprocess.run([sys.executable, "scripts/export.py", "--run", str(out), "--format", "onnx"],
                               cwd=REPO, env=script_env(isolated_home), capture_output=True, text=True, timeout=300)
     assert exported.returncode == 0, exported.stderr[-2000:]

@@ -13,6 +13,7 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.helpers import REPO, script_env
 
@@ -84,6 +85,9 @@ MISTAKES = [
      "--flops-budgets must lie in (0, 1]"),
     ("export-not-a-run", ["scripts/export.py", "--run", "{w}/new"], "{w}/new/config.json not found"),
     ("pretrain-epochs-0", ["scripts/pretrain.py", *CARTPOLE, "--epochs", "0"], "--epochs must be above 0, got 0.0"),
+    ("device-unknown", ["scripts/pretrain.py", *CARTPOLE, "--device", "tpu"], "unknown device 'tpu'; choose one of"),
+    *([] if torch.cuda.is_available() else [
+        ("device-missing", [*TRAIN, "--device", "cuda", "--out", "{w}/new"], "this machine has no CUDA GPU")]),
 ]
 
 

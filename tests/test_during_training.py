@@ -133,6 +133,7 @@ def test_supervised_script_writes_results_and_a_smaller_model(isolated_home, tmp
     assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG" and (run / "config.json").exists()
 
 
+@pytest.mark.slow  # two short RL trainings: about 14 s
 def test_rl_script_and_plot_results(isolated_home, tmp_path):
     for method in ("none", "magnitude"):
         _run(["scripts/train_with_pruning.py", "--task", "rl", "--episodes", "32", "--pruning-method", method,

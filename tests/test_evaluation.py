@@ -61,7 +61,7 @@ def test_adaptive_bn_changes_only_batch_norm_buffers_of_the_pruned_copy():
 class _BNTarget:
     """Just enough of a target for AdaptiveBN: a fixed calibration slice."""
 
-    eval_bf16 = False
+    eval_autocast = False
 
     def __init__(self, x):
         self.x = x
@@ -172,13 +172,19 @@ def test_a_checkpoint_you_already_have_is_used_from_a_flag_or_a_folder(isolated_
     assert result.returncode == 2 and "missing.pt: no such file" in result.stderr
 
 
-def test_proxy_fidelity_script_measures_every_mode_and_resumes(isolated_home, tmp_path):
+def _fidelity_command(out) -> list[str]:
+    return [sys.executable, "scripts/proxy_fidelity.py", "--target", "cartpole_policy", "--candidates", "3",
+            "--finetune-epochs", "0.2", "--val-size", "4", "--finetune-steps", "3", "--out", str(out)]
+
+
+def _run_fidelity(home, command: list[str]) -> subprocess.CompletedProcess:
     get_target("cartpole_policy").pretrain(epochs=1, show_progress=False)
+    return subprocess.run(command, cwd=REPO, env=script_env(home), capture_output=True, text=True, timeout=300)
+
+
+def test_proxy_fidelity_script_measures_every_mode(isolated_home, tmp_path):
     out = tmp_path / "fid"
-    command = [sys.executable, "scripts/proxy_fidelity.py", "--target", "cartpole_policy", "--candidates", "3",
-               "--finetune-epochs", "0.2", "--val-size", "4", "--finetune-steps", "3", "--out", str(out)]
-    result = subprocess.run(command, cwd=REPO, env=script_env(isolated_home), capture_output=True, text=True,
-                            timeout=300)
+    result = _run_fidelity(isolated_home, _fidelity_command(out))
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((out / "fidelity.json").read_text())
     assert summary["candidates"] == 6  # uniform, l1, ngf and three random allocations
@@ -191,10 +197,19 @@ def test_proxy_fidelity_script_measures_every_mode_and_resumes(isolated_home, tm
     assert all(abs(r["flops_ratio"] - 0.5) < 0.02 for r in rows)
     assert all(r["seconds_finetune"] != r["seconds_ground_truth"] for r in rows)  # two timings, not one
     assert "Kendall tau" in result.stdout
+    assert summary["modes"]["plain"]["kendall_tau"] == pytest.approx(
+        kendall_tau([r["score_plain"] for r in rows], [r["metric_finetuned_test"] for r in rows]), nan_ok=True)
+
+
+@pytest.mark.slow  # three fidelity runs: about 18 s
+def test_proxy_fidelity_script_resumes_and_refuses_other_settings(isolated_home, tmp_path):
+    out = tmp_path / "fid"
+    command = _fidelity_command(out)
+    assert _run_fidelity(isolated_home, command).returncode == 0
+    rows = [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()]
     kept = (out / "candidates.jsonl").read_text().splitlines()[:3]
     (out / "candidates.jsonl").write_text("\n".join(kept) + '\n{"candidate": "cut sho')  # interrupted
-    again = subprocess.run(command, cwd=REPO, env=script_env(isolated_home), capture_output=True, text=True,
-                           timeout=300)
+    again = _run_fidelity(isolated_home, command)
     assert again.returncode == 0, again.stderr[-2000:]
     resumed = [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()]
     assert [r["candidate"] for r in resumed] == [r["candidate"] for r in rows]
@@ -203,6 +218,5 @@ def test_proxy_fidelity_script_measures_every_mode_and_resumes(isolated_home, tm
     summary = json.loads((out / "fidelity.json").read_text())
     assert summary["modes"]["plain"]["kendall_tau"] == pytest.approx(
         kendall_tau([r["score_plain"] for r in resumed], truth), nan_ok=True)
-    other = subprocess.run([*command, "--flops-budget", "0.7"], cwd=REPO, env=script_env(isolated_home),
-                           capture_output=True, text=True, timeout=300)
+    other = _run_fidelity(isolated_home, [*command, "--flops-budget", "0.7"])
     assert other.returncode == 2 and "other settings" in other.stderr

@@ -38,9 +38,9 @@ def test_the_unpruned_network_is_measured_once_per_environment(monkeypatch):
 
     measure_latency = report_module.measure_latency
 
-    def counting_latency(m, example):
+    def counting_latency(m, example, **kwargs):
         timed.append(("latency", m is env.model, len(example)))
-        return measure_latency(m, example)
+        return measure_latency(m, example, **kwargs)
 
     monkeypatch.setattr(env.target, "evaluator", counting_evaluator)
     monkeypatch.setattr(report_module, "measure_latency", counting_latency)

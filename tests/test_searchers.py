@@ -216,7 +216,7 @@ def test_config_defaults_match_the_agents(kind):
     assert agent.hparams == make_agent(kind, env, seed=5).hparams
 
 
-@pytest.mark.parametrize("kind", ["random_search", "evolution"])
+@pytest.mark.parametrize("kind", ["random_search", pytest.param("evolution", marks=pytest.mark.slow)])
 def test_train_agent_script_searches_and_resumes_with_a_search_baseline(kind, isolated_home, tmp_path):
     get_target("cartpole_policy").pretrain(epochs=1, show_progress=False)
     out = tmp_path / "run"

@@ -41,14 +41,14 @@ def test_supervised_target_trains_a_few_real_steps_and_evaluates(name):
     x, y = target.split_tensors("train", 64)
     model.eval()
     loss_before = target.loss(model(x), y).item()
-    cfg = replace(target.train_config, epochs=1, batch_size=64, bf16=False)
+    cfg = replace(target.train_config, epochs=1, batch_size=64, autocast=False)
     cfg = replace(cfg, lr=1e-3 if cfg.optimizer == "adam" else 0.01)
     for _ in range(3):  # three passes over the same 64 examples must lower their loss
         train(model, data.x_train[:64], data.y_train[:64], target.to_batch, target.loss, cfg, show_progress=False)
     assert target.loss(model(x), y).item() < loss_before
     metric = target.evaluator("val")(model)
     xv, yv = target.split_tensors("val")
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=target.eval_bf16):
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=target.eval_autocast):
         logits = model.eval()(xv).float()
     predicted = logits.argmax(1) if logits.shape[-1] > 1 else (logits.squeeze(-1) > 0).long()
     assert metric == pytest.approx(float((predicted == yv).float().mean()), abs=1e-6)

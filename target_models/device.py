@@ -1,0 +1,97 @@
+"""Devices: which one to use, the autocast that suits it, and moving models and batches.
+
+The library keeps pretrained and pruned networks on the CPU, where surgery happens; the
+work that costs (training, fine-tuning, measuring) moves a network to the target's
+device for its duration and back (:func:`on_device`), and batches follow the network
+(:func:`to_device`, pinned and asynchronous on CUDA).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+"""What ``--device`` accepts; ``auto`` is CUDA when available, else MPS, else the CPU."""
+
+
+class DeviceUnavailableError(ValueError):
+    """A device that this machine does not have."""
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """A ``torch.device`` for ``auto``, ``cpu``, ``cuda`` (``cuda:N``) or ``mps``; a clear
+    error for a device this machine lacks."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    name = (device or "auto").lower()
+    kind = name.split(":")[0]
+    if kind not in DEVICES:
+        raise DeviceUnavailableError(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)}")
+    if kind == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise DeviceUnavailableError("--device cuda: this machine has no CUDA GPU that torch can use; "
+                                     "use --device cpu (or auto)")
+    if kind == "mps" and not _mps_available():
+        raise DeviceUnavailableError("--device mps: this machine has no Apple GPU that torch can use; "
+                                     "use --device cpu (or auto)")
+    return torch.device(name)
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype:
+    """The low precision autocast uses on ``device``: bfloat16 on the CPU (fast with AMX)
+    and on CUDA GPUs that support it, float16 on older GPUs and on MPS."""
+    if device.type == "cpu":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float16
+
+
+def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """Mixed-precision autocast suited to ``device`` (a no-op when not ``enabled``)."""
+    return torch.autocast(device.type, dtype=autocast_dtype(device), enabled=enabled)
+
+
+def needs_grad_scaler(device: torch.device, enabled: bool) -> bool:
+    """Whether training in autocast on ``device`` needs loss scaling (float16 only)."""
+    return enabled and autocast_dtype(device) == torch.float16
+
+
+def module_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s parameters (else buffers) live; the CPU for a model with neither."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``; from pinned memory and without blocking on CUDA."""
+    if tensor.device == device:
+        return tensor
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+@contextlib.contextmanager
+def on_device(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
+    """``model`` moved to ``device`` for the block, and back where it was afterwards."""
+    home = module_device(model)
+    if home == device:
+        yield model
+        return
+    model.to(device)
+    try:
+        yield model
+    finally:
+        model.to(home)
