@@ -52,10 +52,15 @@ def play_allocation(env: PruningEnv | gym.Env, ratios: np.ndarray, seed: int | N
     """Play one episode with a keep-ratio per layer (through any wrappers of ``env``); returns
     the final ``info["report"]``. The env may clamp the ratios to keep the budget reachable:
     ``report["keep_ratios"]`` holds the ones played."""
+    return play_actions(env, lambda layer: np.array([ratios[layer]], dtype=np.float32), seed)
+
+
+def play_actions(env: PruningEnv | gym.Env, action_for: Callable[[int], np.ndarray], seed: int | None = None) -> dict:
+    """Play one episode (through any wrappers of ``env``) with ``action_for(layer)`` at each
+    layer; returns the final ``info["report"]``."""
     base = env.unwrapped
     env.reset(seed=seed)
     while True:
-        action = np.array([ratios[base.current_layer]], dtype=np.float32)
-        _, _, terminated, truncated, info = env.step(action)
+        _, _, terminated, truncated, info = env.step(action_for(base.current_layer))
         if terminated or truncated:
             return info["report"]

@@ -32,10 +32,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.allocation import global_threshold_allocation, meet_budget
+from agents.allocation import global_threshold_allocation, meet_budget, play_actions
 from agents.reinforce import BatchReinforce
 from prune_env.config import CHANNEL_INITS as INITS
-from prune_env.env import PruningEnv, mask_scores
+from prune_env.env import PruningEnv, mask_scores, network_key
 from prune_env.surgery import top_units
 
 
@@ -88,13 +88,11 @@ def heuristic_starts(env: PruningEnv) -> dict[str, list[torch.Tensor]]:
     """The distinct networks of the single-shot heuristics, as kept units per layer:
     ``uniform`` (the env's criterion picks the units), ``l1`` and ``ngf``."""
     uniform = env.pruner.keep_indices(env.pruner.keep_counts(meet_budget(env, np.ones(env.n_layers))), env.criterion)
-    starts: dict[str, list[torch.Tensor]] = {}
+    starts: dict[tuple, tuple[str, list[torch.Tensor]]] = {}
     for name, kept in [("uniform", uniform), ("l1", global_threshold_units(env, "l1")),
                        ("ngf", global_threshold_units(env, "activation"))]:
-        if not any(all(torch.equal(a.sort().values, b.sort().values) for a, b in zip(kept, other, strict=True))
-                   for other in starts.values()):
-            starts[name] = kept
-    return starts
+        starts.setdefault(network_key(None, [sorted(k.tolist()) for k in kept]), (name, kept))
+    return dict(starts.values())
 
 
 def logits_keeping(env: PruningEnv, kept: list[torch.Tensor], keep: float) -> list[torch.Tensor]:
@@ -149,14 +147,13 @@ class ReinforceChannelAgents(BatchReinforce):
         base = self.env.unwrapped
         rewards = {}
         for name, kept in list(heuristic_starts(base).items())[:limit]:
-            env.reset(seed=0)
-            done = False
-            while not done:
+            def mask(layer: int, kept=kept) -> np.ndarray:
                 scores = np.zeros(self._width, dtype=np.float32)
-                scores[kept[base.current_layer]] = 1.0
-                _, reward, terminated, truncated, info = env.step(scores)
-                done = terminated or truncated
-            rewards[name] = (float(reward), [torch.as_tensor(k) for k in info["report"]["kept_units"]])
+                scores[kept[layer]] = 1.0
+                return scores
+
+            report = play_actions(env, mask, seed=0)
+            rewards[name] = (float(report["reward"]), [torch.as_tensor(k) for k in report["kept_units"]])
         best = max(rewards, key=lambda n: rewards[n][0])  # the first on a tie
         keep = 0.9 if self.hparams["init_keep"] is None else self.hparams["init_keep"]
         with torch.no_grad():

@@ -102,12 +102,14 @@ def train(
     device = device or module_device(model)
     with on_device(model, device):
         optimizer = optimizer or make_optimizer(model, cfg)
-        return _train(model, x, y, to_batch, loss_fn, cfg, optimizer, progress or TrainProgress(), deadline,
-                      end_of_epoch, save_state, desc, show_progress, device)
+        return _train_on_device(model, x, y, to_batch, loss_fn, cfg, optimizer=optimizer,
+                                progress=progress or TrainProgress(), deadline=deadline, end_of_epoch=end_of_epoch,
+                                save_state=save_state, desc=desc, show_progress=show_progress, device=device)
 
 
-def _train(model, x, y, to_batch, loss_fn, cfg, optimizer, progress, deadline, end_of_epoch, save_state, desc,
-           show_progress, device) -> TrainProgress:
+def _train_on_device(model, x, y, to_batch, loss_fn, cfg, *, optimizer, progress, deadline, end_of_epoch, save_state,
+                     desc, show_progress, device) -> TrainProgress:
+    """:func:`train`'s loop, with the model already on ``device``."""
     _move_optimizer_state(optimizer, device)
     scaler = torch.amp.GradScaler(device.type) if needs_grad_scaler(device, cfg.autocast) else None
     steps_per_epoch = math.ceil(len(y) / cfg.batch_size)
