@@ -34,10 +34,14 @@ def magnitude_step(model: nn.Module, fraction: float) -> nn.Module:
 
 
 def sweep(target: Target, method: str, fractions: list[float], out: Path, finetune_epochs: float = 0.0,
-          tolerance: float = 0.01) -> dict:
+          tolerance: float = 0.01, max_drop: float | None = None) -> dict:
     """Prune ``target``'s pretrained network to each of ``fractions`` in turn (each step
     starts from the previous one), measuring on the test split; writes ``out/sweep.csv``,
-    ``out/sweep.json`` and ``out/sweep.png`` and returns the summary (``sweep.json``)."""
+    ``out/sweep.json`` and ``out/sweep.png`` and returns the summary (``sweep.json``).
+
+    A step is within tolerance when its metric is at least the unpruned one less
+    ``max_drop`` (absolute: 0.01 is one point of accuracy) when given, else at least the
+    unpruned one times ``1 - tolerance``."""
     base = target.load_pretrained()
     evaluate = target.evaluator("test")
     example = target.example_input()
@@ -58,14 +62,16 @@ def sweep(target: Target, method: str, fractions: list[float], out: Path, finetu
                      "dense_params": count_params(model)})
         print(f"{method} {f:.2f}: {target.metric_name} {metric:.4f}, non-zero params {rows[-1]['params']:,}")
     table = pd.DataFrame(rows)
-    table["within_tolerance"] = table["metric"] >= base_metric * (1 - tolerance)
+    floor = base_metric - max_drop if max_drop is not None else base_metric * (1 - tolerance)
+    table["within_tolerance"] = table["metric"] >= floor
     ok = table[table["within_tolerance"]]
     largest = float(ok["fraction"].max()) if len(ok) else 0.0
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "sweep.csv", index=False)
     summary = {"target": target.name, "method": method, "metric_name": target.metric_name,
-               "metric_base": base_metric, "tolerance": tolerance, "largest_fraction_within_tolerance": largest,
+               "metric_base": base_metric, "tolerance": None if max_drop is not None else tolerance,
+               "max_drop": max_drop, "metric_floor": floor, "largest_fraction_within_tolerance": largest,
                "finetune_epochs": finetune_epochs}
     write_json(out / "sweep.json", summary)
     plot_sweep(table, summary, out / "sweep.png")
@@ -81,7 +87,7 @@ def plot_sweep(table: pd.DataFrame, summary: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(table["fraction"], table["metric"], marker="o", label=summary["method"])
-    ax.axhline(summary["metric_base"] * (1 - summary["tolerance"]), color="grey", linestyle=":", label="tolerance")
+    ax.axhline(summary["metric_floor"], color="grey", linestyle=":", label="tolerance")
     ax.set(xlabel="fraction pruned (units, or weights for magnitude)", ylabel=f"{summary['metric_name']} (test)",
            title=f"{summary['target']}: {summary['method']} sweep")
     ax.grid(alpha=0.3)
