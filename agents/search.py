@@ -191,6 +191,23 @@ def search(agent, env: PruningEnv, monitor: SearchMonitor, episodes: int, checkp
         agent.learn(remaining, env=monitor, callback=after_update)
 
 
+def find_network(env: PruningEnv, agent: str = "random_search", episodes: int = 100, seed: int = 0,
+                 hparams: dict | None = None, show_progress: bool = True) -> tuple[torch.nn.Module, dict]:
+    """Run searcher ``agent`` for ``episodes`` episodes on ``env`` and return the best
+    network it found (physically pruned, as the evaluation mode left it) and its episode
+    record; ``scripts/train_agent.py`` does the same with checkpoints, reports and exports."""
+    kind = agent
+    if action_mode_of(kind) != env.action_mode:
+        raise ValueError(f"{kind} plays action_mode={action_mode_of(kind)!r}; build the env with it")
+    searcher = make_agent(kind, env, hparams, seed=seed)
+    monitor = SearchMonitor(env, total_episodes=episodes, show_progress=show_progress)
+    try:
+        search(searcher, env, monitor, episodes)
+    finally:
+        monitor.close()
+    return best_of(monitor, env, searcher)
+
+
 def save_checkpoint(agent, monitor: SearchMonitor, checkpoint_dir: Path) -> None:
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     agent.save(checkpoint_dir / AGENT_FILES[agent.name])

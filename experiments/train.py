@@ -22,7 +22,6 @@ from prune_env.cli import UsageError
 from prune_env.env import PruningEnv
 from prune_env.export import export_all, save_pruned
 from prune_env.files import write_json
-from prune_env.surgery import widths_of
 from target_models import Target
 
 
@@ -149,7 +148,7 @@ def train_and_report(run: TrainRun) -> dict:
                            for name, r in baselines.items()}
     if baselines:
         print(format_comparison(run.agent, record, baselines))
-    save_pruned(out / "pruned_model.pt", finetuned, widths_of(finetuned, env.layers), target=target,
+    save_pruned(out / "pruned_model.pt", finetuned, env.pruner.widths_of(finetuned), target=target,
                 meta={"keep_ratios": report["keep_ratios"], "metric_finetuned": report["metric_finetuned"]})
     if run.export:
         measured = {report["latency_batch_size"]: {"base": report["latency_ms_base"],

@@ -9,6 +9,8 @@ ENV_IDS = {
     "vgg16_cifar10": "PruneEnv/VGG16-CIFAR10-v0",
     "lstm_imdb": "PruneEnv/LSTM-IMDB-v0",
     "cartpole_policy": "PruneEnv/CartPole-Policy-v0",
+    "resnet56_cifar10": "PruneEnv/ResNet56-CIFAR10-v0",
+    "resnet50_cifar10": "PruneEnv/ResNet50-CIFAR10-v0",
 }
 
 for _target, _env_id in ENV_IDS.items():

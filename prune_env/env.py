@@ -19,7 +19,7 @@ from prune_env.cost import count_params
 from prune_env.evaluation import make_evaluation
 from prune_env.importance import get_criterion
 from prune_env.layer_types import OBSERVED_KINDS, LayerType
-from prune_env.pruner import Pruner
+from prune_env.pruner import make_pruner
 from prune_env.rewards import get_reward
 from prune_env.surgery import keep_count
 from target_models import Target, get_target
@@ -154,8 +154,9 @@ class PruningEnv(gym.Env):
         self.reward_name, self.reward_kwargs = reward, dict(reward_kwargs or {})
         self._reward_fn, self._importance = get_reward(reward), get_criterion(criterion)
         self.model = (model if model is not None else self.target.load_pretrained()).eval()
-        self.pruner = Pruner(self.model, self.target.example_input(), self.target.calibration_inputs(calibration_size),
-                             layer_types)
+        self.pruner = make_pruner(self.model, self.target.example_input(),
+                                  self.target.calibration_inputs(calibration_size), layer_types,
+                                  self.target.keep_layers)
         self.layers, self.flop_model = self.pruner.layers, self.pruner.flop_model
         self.n_layers = len(self.layers)
         self.units = self.pruner.units
@@ -403,7 +404,7 @@ class PruningEnv(gym.Env):
 def lowest_flops_ratio(target: Target, min_keep: float) -> float:
     """The smallest FLOPs budget ``min_keep`` allows on ``target``'s architecture (no
     checkpoint or data needed: checked before any work starts)."""
-    pruner = Pruner(target.build_model().eval(), target.example_input())
+    pruner = make_pruner(target.build_model().eval(), target.example_input(), keep_layers=target.keep_layers)
     counts = [keep_count(min_keep, int(u)) for u in pruner.units]
     return float(pruner.flop_model.flops(np.array(counts)) / pruner.flop_model.base)
 

@@ -15,7 +15,7 @@ from torch import nn
 from prune_env.bisection import counts_within_flops
 from prune_env.importance import global_threshold_counts
 from prune_env.layer_types import LayerType
-from prune_env.pruner import Pruner
+from prune_env.pruner import make_pruner
 
 RESOURCES = ("flops", "units")
 
@@ -32,7 +32,7 @@ class RoundPruner:
     caller may fine-tune it in place between steps).
     """
 
-    def __init__(self, model: nn.Sequential, example: torch.Tensor, schedule: Sequence[float],
+    def __init__(self, model: nn.Module, example: torch.Tensor, schedule: Sequence[float],
                  calibration_inputs: torch.Tensor | None = None, criterion: str = "activation",
                  resource: str = "flops", floor: np.ndarray | None = None, layer_types: Iterable[LayerType] = ()):
         if resource not in RESOURCES:
@@ -44,19 +44,19 @@ class RoundPruner:
         self.example, self.calibration_inputs = example, calibration_inputs
         self.schedule, self.criterion, self.resource = [float(f) for f in schedule], criterion, resource
         self.layer_types = tuple(layer_types)
-        original = Pruner(model, example, calibration_inputs, self.layer_types)
+        original = make_pruner(model, example, calibration_inputs, self.layer_types)
         self.flop_model, self.units_total = original.flop_model, int(original.units.sum())
         self.floor = np.ones_like(original.units) if floor is None else np.asarray(floor)
-        self.model: nn.Sequential = model
+        self.model: nn.Module = model
         self.counts: np.ndarray = original.units.copy()
         self.round = 0
 
-    def step(self) -> nn.Sequential:
+    def step(self) -> nn.Module:
         """Prune to the next round's target; returns the new, smaller network."""
         if self.round >= len(self.schedule):
             raise RuntimeError(f"all {len(self.schedule)} rounds are done")
         keep = self.schedule[self.round]
-        pruner = Pruner(self.model, self.example, self.calibration_inputs, self.layer_types)
+        pruner = make_pruner(self.model, self.example, self.calibration_inputs, self.layer_types)
         scores = pruner.stats.activation if self.criterion == "activation" else pruner.stats.l1
         counts_at = global_threshold_counts(scores)
         if self.resource == "flops":

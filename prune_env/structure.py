@@ -47,6 +47,11 @@ class PrunableLayer:
     unit_axis: int = 1
     """Dimension of a batched activation that indexes the units (1, or -1 for units last)."""
 
+    @property
+    def name(self) -> str:
+        """The layer's module name in the sequential model (``model.get_submodule(name)``)."""
+        return str(self.position)
+
 
 @torch.no_grad()
 def trace_shapes(model: nn.Sequential, example: torch.Tensor) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:

@@ -11,14 +11,13 @@ import json
 from prune_env.cli import UsageError, add_target_arguments, make_parser, run_main, target_from_args
 from prune_env.cost import count_flops, count_params
 from prune_env.importance import CRITERIA
-from prune_env.pruner import Pruner
-from prune_env.surgery import widths_of
+from prune_env.pruner import BasePruner, make_pruner
 
 
-def describe(model, pruner: Pruner) -> dict:
-    widths = widths_of(model, pruner.layers)
+def describe(model, pruner: BasePruner) -> dict:
+    widths = pruner.widths_of(model)
     return {
-        "layers": [{"position": layer.position, "kind": layer.kind, "units": w}
+        "layers": [{"name": layer.name, "kind": layer.kind, "units": w}
                    for layer, w in zip(pruner.layers, widths, strict=True)],
         "flops": count_flops(model, pruner.example),
         "params": count_params(model),
@@ -43,7 +42,8 @@ def main() -> None:
     target = target_from_args(args)
     model = target.build_model() if args.untrained else target.load_pretrained()
     needs_data = args.keep is not None and args.criterion == "activation"
-    pruner = Pruner(model, target.example_input(), target.calibration_inputs(256) if needs_data else None)
+    pruner = make_pruner(model, target.example_input(), target.calibration_inputs(256) if needs_data else None,
+                         keep_layers=target.keep_layers)
     report = {"target": target.name, **describe(model, pruner)}
     if args.keep is not None:
         report["pruned"] = describe(pruner.prune(args.keep, args.criterion), pruner)
@@ -53,7 +53,7 @@ def main() -> None:
     print(f"{target.name}: {report['flops']:,} FLOPs, {report['params']:,} params")
     for i, layer in enumerate(report["layers"]):
         after = f" -> {report['pruned']['layers'][i]['units']}" if "pruned" in report else ""
-        print(f"  layer {i:2d} ({layer['kind']:6s} at {layer['position']:2d}): {layer['units']} units{after}")
+        print(f"  layer {i:2d} ({layer['kind']:6s} {layer['name']}): {layer['units']} units{after}")
     if "pruned" in report:
         p = report["pruned"]
         print(f"pruned: {p['flops']:,} FLOPs ({p['flops'] / report['flops']:.1%}), "

@@ -50,6 +50,9 @@ class Target(ABC):
     metric_scale: float = 1.0
     """The metric's best value: rewards see ``metric / metric_scale`` in [0, 1]."""
     default_widths: tuple[int, ...]
+    keep_layers: tuple[str, ...] | None = None
+    """Names of modules whose output channels always stay, for networks that are not
+    ``nn.Sequential`` (default: the output layer; :mod:`prune_env.graph`)."""
 
     def __init__(self, data_dir: str | Path | None = None, limit: int | None = None,
                  checkpoint: str | Path | None = None, device: str | torch.device = "cpu"):

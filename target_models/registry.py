@@ -8,10 +8,11 @@ from target_models.base import Target
 from target_models.cnn import CnnCifar10
 from target_models.lstm import LstmImdb
 from target_models.policy_mlp import CartPolePolicy
+from target_models.resnet import Resnet50Cifar10, Resnet56Cifar10
 from target_models.vgg import Vgg16Cifar10
 
 TARGETS: dict[str, type[Target]] = {
-    cls.name: cls for cls in (CnnCifar10, Vgg16Cifar10, LstmImdb, CartPolePolicy)
+    cls.name: cls for cls in (CnnCifar10, Vgg16Cifar10, LstmImdb, CartPolePolicy, Resnet56Cifar10, Resnet50Cifar10)
 }
 
 

@@ -21,7 +21,7 @@ from agents.heuristics import HEURISTICS, make_heuristic
 from experiments.report import REPORT_KEYS
 from prune_env import ENV_IDS, PruningEnv
 from prune_env.cost import count_flops
-from target_models import get_target
+from target_models import TARGETS, get_target
 from tests.helpers import REPO, needs_data, script_env
 
 TINY_DATA = {"limit": 64, "val_size": 64, "calibration_size": 64}
@@ -63,7 +63,7 @@ def test_gymnasium_and_sb3_env_checkers_pass(name):
 
 
 def test_registered_ids_make_the_environment():
-    assert set(ENV_IDS) == {"cnn_cifar10", "vgg16_cifar10", "lstm_imdb", "cartpole_policy"}
+    assert set(ENV_IDS) == set(TARGETS)
     target = get_target("cartpole_policy", limit=4)
     env = gym.make(ENV_IDS["cartpole_policy"], model=target.build_model(), val_size=4, flops_budget=0.5)
     assert isinstance(env.unwrapped, PruningEnv) and env.unwrapped.n_layers == 2
