@@ -237,8 +237,10 @@ class GraphFlopModel:
         finally:
             for h in handles:
                 h.remove()
-        # per module: base (in, out) channels and, per group, channels lost per unit removed
-        self._modules = []
+        # FLOPs are sum(coef * cin * cout) over convolutions and linear layers, plus
+        # sum(coef * c) over depthwise convolutions and batch norms, where each channel count
+        # is its unpruned value less, per group, the channels it loses per unit removed
+        bilinear, linear = [], []
         for name, module in modules.items():
             if name not in shapes:
                 continue
@@ -248,31 +250,38 @@ class GraphFlopModel:
                 for member, is_out, idxs, _ in group.members:
                     if member == name:
                         (loss_out if is_out else loss_in)[g] += len(idxs) / group.units
-            if isinstance(module, _CONV) and module.groups == module.in_channels > 1:  # depthwise: all move together
-                loss_in = loss_out = np.maximum(loss_in, loss_out)
-            self._modules.append((module, in_shape, out_shape, loss_in, loss_out))
+            if isinstance(module, _CONV):
+                per_out = float(np.prod(out_shape[1:])) * float(np.prod(module.kernel_size))
+                if module.groups == module.in_channels > 1:  # depthwise: in, out and groups move together
+                    linear.append((per_out, module.out_channels, np.maximum(loss_in, loss_out)))
+                else:
+                    bilinear.append((per_out / module.groups, module.in_channels, loss_in, module.out_channels,
+                                     loss_out))
+            elif isinstance(module, nn.Linear):
+                bilinear.append((float(np.prod(in_shape[:-1])), module.in_features, loss_in, module.out_features,
+                                 loss_out))
+            else:  # batch norm, eval mode: fvcore counts 1 (2 with affine) per element
+                linear.append((float(np.prod(in_shape[1:])) * (2 if module.affine else 1), module.num_features,
+                               np.maximum(loss_in, loss_out)))
+        empty = np.zeros((0, len(groups)))
+        self._bi_coef = np.array([b[0] for b in bilinear])
+        self._bi_in = np.array([b[1] for b in bilinear], dtype=np.float64)
+        self._bi_in_loss = np.array([b[2] for b in bilinear]) if bilinear else empty
+        self._bi_out = np.array([b[3] for b in bilinear], dtype=np.float64)
+        self._bi_out_loss = np.array([b[4] for b in bilinear]) if bilinear else empty
+        self._lin_coef = np.array([x[0] for x in linear])
+        self._lin_c = np.array([x[1] for x in linear], dtype=np.float64)
+        self._lin_loss = np.array([x[2] for x in linear]) if linear else empty
         known = self._known(self.units)
         self.fixed = float(count_flops(model, example[:1])) - known
         self.base = known + self.fixed
 
     def _known(self, counts: np.ndarray) -> float:
         removed = self.units - np.asarray(counts, dtype=np.float64)
-        total = 0.0
-        for module, in_shape, out_shape, loss_in, loss_out in self._modules:
-            if isinstance(module, _CONV):
-                cin = module.in_channels - loss_in @ removed
-                cout = module.out_channels - loss_out @ removed
-                per_out = float(np.prod(out_shape[1:])) * float(np.prod(module.kernel_size))
-                depthwise = module.groups > 1 and module.groups == module.in_channels
-                total += per_out * cout * (1.0 if depthwise else cin / module.groups)
-            elif isinstance(module, nn.Linear):
-                cin = module.in_features - loss_in @ removed
-                cout = module.out_features - loss_out @ removed
-                total += float(np.prod(in_shape[:-1])) * cin * cout
-            else:  # batch norm, eval mode: fvcore counts 1 (2 with affine) per element
-                c = module.num_features - np.maximum(loss_in, loss_out) @ removed
-                total += float(np.prod(in_shape[1:])) * c * (2 if module.affine else 1)
-        return total
+        cin = self._bi_in - self._bi_in_loss @ removed
+        cout = self._bi_out - self._bi_out_loss @ removed
+        c = self._lin_c - self._lin_loss @ removed
+        return float(self._bi_coef @ (cin * cout) + self._lin_coef @ c)
 
     def flops(self, counts: Sequence[int] | np.ndarray) -> float:
         """Total FLOPs (batch 1) when group ``i`` keeps ``counts[i]`` units."""
