@@ -17,9 +17,11 @@ from prune_env.importance import global_threshold_counts
 
 def counts_meeting_budget(env: PruningEnv, counts_at: Callable[[float], np.ndarray], budget: float,
                           lo: float, hi: float) -> np.ndarray:
-    """Unit counts ``counts_at(x)`` (FLOPs rising with x, at least ``min_keep``) for the x
-    whose FLOPs come closest to ``budget`` from below, found by bisection."""
-    return counts_within_flops(env.flop_model.flops, counts_at, budget, env.min_counts, lo, hi)
+    """Unit counts ``counts_at(x)`` (FLOPs rising with x, at least ``min_keep``, rounded down
+    to the env's allowed counts) for the x whose FLOPs come closest to ``budget`` from below,
+    found by bisection."""
+    return counts_within_flops(env.flop_model.flops, lambda x: env.round_counts(counts_at(x)), budget,
+                               env.min_counts, lo, hi)
 
 
 def global_threshold_allocation(env: PruningEnv, scores: list) -> np.ndarray:

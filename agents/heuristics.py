@@ -134,7 +134,8 @@ class ScheduledNGF(PrunesInRounds):
         """Prune in rounds; returns the final model and its record (as an episode's)."""
         env = self.env
         rounds = RoundPruner(env.model, env.target.example_input(), self.flops_targets(), env.pruner.calibration_inputs,
-                             "activation", resource="flops", floor=env.min_counts, layer_types=env.pruner.extra_layer_types)
+                             "activation", resource="flops", floor=env.min_counts, layer_types=env.pruner.extra_layer_types,
+                             round_counts=env.round_counts)
         for k in range(1, self.rounds + 1):
             model = rounds.step()
             if k < self.rounds and self.finetune_epochs > 0:

@@ -117,14 +117,18 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--finetune-steps", type=int, default=None,
                         help="optimiser steps before each measurement, finetune evaluation "
                              "(default: the target's config)")
+    parser.add_argument("--round-to", type=int, default=None, metavar="N",
+                        help="keep a multiple of N units in every layer, or all of a layer's units "
+                             "(default: the target's config, any count)")
 
 
 def evaluation_overrides(args: argparse.Namespace) -> dict:
-    """The ``env`` config entries the evaluation flags set (None where not given)."""
+    """The ``env`` config entries the evaluation and rounding flags set (None where not given)."""
     check_at_least("--bn-calibration-size", args.bn_calibration_size, 2)
     check_at_least("--finetune-steps", args.finetune_steps, 1)
+    check_at_least("--round-to", args.round_to, 1)
     return {"evaluation": args.evaluation, "bn_calibration_size": args.bn_calibration_size,
-            "finetune_steps": args.finetune_steps}
+            "finetune_steps": args.finetune_steps, "round_to": args.round_to}
 
 
 def check_fraction(flag: str, value: float | None) -> None:
@@ -162,15 +166,16 @@ def check_at_least(flag: str, value: int | None, minimum: int) -> None:
 
 
 def check_budget_reachable(target: Target, budget: float | None, min_keep: float,
-                           flag: str = "--flops-budget") -> None:
-    """Refuse a FLOPs budget below what ``min_keep`` allows, before any work starts."""
+                           flag: str = "--flops-budget", round_to: int | None = None) -> None:
+    """Refuse a FLOPs budget below what ``min_keep`` (and ``round_to``) allow, before any work starts."""
     from prune_env.env import lowest_flops_ratio
 
     if budget is None:
         return
-    lowest = lowest_flops_ratio(target, min_keep)
+    lowest = lowest_flops_ratio(target, min_keep, round_to)
     if budget < lowest * 0.999:
-        raise UsageError(f"{flag} {budget} is below the {lowest:.3f} that min_keep={min_keep} allows "
+        rounding = f" and round_to={round_to}" if round_to else ""
+        raise UsageError(f"{flag} {budget} is below the {lowest:.3f} that min_keep={min_keep}{rounding} allow "
                          f"on {target.name}; choose a budget of at least {lowest:.3f} or a smaller min_keep")
 
 

@@ -67,6 +67,8 @@ class EnvConfig:
     """Training examples that re-estimate batch-norm statistics (``adaptive_bn``)."""
     finetune_steps: int = 20
     """Optimiser steps before each measurement (``finetune``)."""
+    round_to: int | None = None
+    """Keep a multiple of this many units in every layer, or all its units (``null``: any count)."""
 
     def check(self) -> None:
         from prune_env.evaluation import EVALUATIONS
@@ -87,6 +89,7 @@ class EnvConfig:
         _at_least("env.calibration_size", self.calibration_size, 1)
         _at_least("env.bn_calibration_size", self.bn_calibration_size, 2)
         _at_least("env.finetune_steps", self.finetune_steps, 1)
+        _at_least("env.round_to", self.round_to, 1)
 
 
 @dataclass

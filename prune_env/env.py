@@ -38,6 +38,16 @@ def network_key(keep_counts, kept_units=None) -> tuple:
     return tuple(int(c) for c in keep_counts)
 
 
+def allowed_counts(units: int, floor: int, round_to: int | None) -> np.ndarray:
+    """The unit counts a layer of ``units`` may keep, in ascending order: every count from
+    ``floor`` on, or with ``round_to=N`` the multiples of N from the first at least
+    ``floor``, and all ``units`` (a layer of fewer than N units keeps them all)."""
+    if not round_to or round_to == 1:
+        return np.arange(floor, units + 1)
+    first = -(-floor // round_to) * round_to
+    return np.unique(np.append(np.arange(first, units + 1, round_to), units))
+
+
 def mask_scores(mask: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """A ``mask``-mode action from a 0/1 keep ``mask`` and the keep probabilities it was
     drawn from: kept units score in [0.5, 1], dropped ones in [0, 0.5), each ordered by its
@@ -57,6 +67,10 @@ class PruningEnv(gym.Env):
     range that keeps the budget reachable from above *and* below (AMC's
     resource-constrained mode), so every policy ends within 1% of the base FLOPs of the
     budget (one unit of the last layer is the finest step).
+
+    With ``round_to=N`` every kept count is a multiple of N, or all the layer's units (a
+    layer of fewer than N units keeps them all; AMC rounds to 8): a count is rounded to the
+    nearest such value inside the clamp range, which is itself made of such values.
 
     ``action_mode="mask"``: ``Box(0, 1, (max units,), float32)``, one keep score per unit of
     the current layer (entries beyond its units are ignored). Units scoring at least 0.5
@@ -102,6 +116,7 @@ class PruningEnv(gym.Env):
     - ``criterion``: which units to keep within a layer (``l1``, ``activation``, ``random``).
     - ``action_mode``: ``ratio`` (a keep-ratio per layer) or ``mask`` (a score per unit).
     - ``min_keep``: lowest keep-ratio of any layer.
+    - ``round_to``: kept unit counts are multiples of this (or all units); None: any count.
     - ``val_size``: validation examples (episodes for CartPole) per evaluation.
     - ``evaluation``: how a candidate is prepared before it is measured; with
       ``bn_calibration_size`` (``adaptive_bn``) and ``finetune_steps`` (``finetune``).
@@ -138,6 +153,7 @@ class PruningEnv(gym.Env):
         cache: bool = True,
         layer_types: tuple[LayerType, ...] | list[LayerType] = (),
         action_mode: str = "ratio",
+        round_to: int | None = None,
     ):
         super().__init__()
         self.target = get_target(target, data_dir, limit) if isinstance(target, str) else target
@@ -148,6 +164,10 @@ class PruningEnv(gym.Env):
         if action_mode not in ACTION_MODES:
             raise ValueError(f"unknown action_mode {action_mode!r}; choose one of: {', '.join(ACTION_MODES)}")
         self.action_mode = action_mode
+        if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, (int, np.integer))
+                                     or round_to < 1):
+            raise ValueError(f"round_to must be a whole number of units, at least 1, or None; got {round_to!r}")
+        self.round_to = int(round_to) if round_to else None
         if reward == "budget" and flops_budget is None:
             raise ValueError("the 'budget' reward needs a flops_budget; pass one or choose 'tradeoff'/'log_flops'")
         self.flops_budget, self.min_keep, self.criterion = flops_budget, float(min_keep), criterion
@@ -160,12 +180,15 @@ class PruningEnv(gym.Env):
         self.layers, self.flop_model = self.pruner.layers, self.pruner.flop_model
         self.n_layers = len(self.layers)
         self.units = self.pruner.units
-        self.min_counts = np.array([keep_count(self.min_keep, u) for u in self.units])
+        self.allowed = [allowed_counts(int(u), keep_count(self.min_keep, int(u)), self.round_to) for u in self.units]
+        """Per layer, the unit counts it may keep (every count from min_keep's, or the rounded ones)."""
+        self.min_counts = np.array([int(a[0]) for a in self.allowed])
         self.flops_base = float(self.flop_model.base)
         self.params_base = count_params(self.model)
         lowest = self.flop_model.flops(self.min_counts) / self.flops_base
         if flops_budget is not None and lowest > flops_budget * 1.001:
-            raise ValueError(f"flops_budget {flops_budget} is below what min_keep={min_keep} allows ({lowest:.3f})")
+            raise ValueError(f"flops_budget {flops_budget} is below what min_keep={min_keep}"
+                             f"{f' and round_to={self.round_to}' if self.round_to else ''} allow ({lowest:.3f})")
         self.metric_scale = float(self.target.metric_scale)
         self.evaluation = make_evaluation(evaluation, self.target, bn_calibration_size, finetune_steps)
         self.val_size = val_size
@@ -205,11 +228,11 @@ class PruningEnv(gym.Env):
         lo, hi = self._bounds
         if self.action_mode == "mask":
             scores = self._check_scores(action)
-            self._counts[self._t] = self._clamp(int((scores >= KEEP_THRESHOLD).sum()), lo, hi)
+            self._counts[self._t] = self._clamp(self._t, int((scores >= KEEP_THRESHOLD).sum()), lo, hi)
             self._kept.append(self._top_scored(scores, int(self._counts[self._t])))
         else:
             wanted = keep_count(self._check_action(action), int(self.units[self._t]))
-            self._counts[self._t] = self._clamp(wanted, lo, hi)
+            self._counts[self._t] = self._clamp(self._t, wanted, lo, hi)
         self._t += 1
         if self._t < self.n_layers:
             return self._observation(), 0.0, False, False, {"layer": self._t}
@@ -288,7 +311,7 @@ class PruningEnv(gym.Env):
                                  **self.reward_kwargs)
         return {
             "target": self.target.name, "flops_budget": self.flops_budget, "reward_name": self.reward_name,
-            "criterion": self.criterion, **self.evaluation.settings(),
+            "criterion": self.criterion, "round_to": self.round_to, **self.evaluation.settings(),
             "keep_ratios": [round(int(c) / int(u), 6) for c, u in zip(counts, self.units, strict=True)],
             "keep_counts": [int(c) for c in counts],
             "flops_base": int(round(self.flops_base)), "flops_pruned": int(round(flops)), "flops_ratio": ratio,
@@ -339,24 +362,45 @@ class PruningEnv(gym.Env):
         return self.flop_model.flops(counts)
 
     def _count_bounds(self, t: int) -> tuple[int, int]:
-        """Unit counts of layer ``t`` that keep the budget reachable (all counts if none)."""
-        lo_n, hi_n = int(self.min_counts[t]), int(self.units[t])
+        """Unit counts of layer ``t`` that keep the budget reachable (all allowed counts if
+        none); both are allowed counts."""
+        allowed = self.allowed[t]
         if self.flops_budget is None:
-            return lo_n, hi_n
+            return int(allowed[0]), int(allowed[-1])
         budget = self.flops_budget * self.flops_base
-        # largest n whose most-pruned completion still fits the budget
-        hi = largest_int(lo_n, hi_n, lambda n: self._flops_with(t, n, self.min_counts) <= budget)
-        # smallest n whose unpruned completion still reaches the budget
-        lo = smallest_int(lo_n, hi_n, lambda n: self._flops_with(t, n, self.units) >= budget)
+        last = len(allowed) - 1
+        # largest count whose most-pruned completion still fits the budget
+        hi = allowed[largest_int(0, last, lambda i: self._flops_with(t, allowed[i], self.min_counts) <= budget)]
+        # smallest count whose unpruned completion still reaches the budget
+        lo = allowed[smallest_int(0, last, lambda i: self._flops_with(t, allowed[i], self.units) >= budget)]
         if lo <= hi:
-            return lo, hi
+            return int(lo), int(hi)
         # the budget falls between two counts: take the one that lands closer to it
         best = min((hi, lo), key=lambda n: abs(self._flops_with(t, n, self.units) - budget))
-        return best, best
+        return int(best), int(best)
 
-    @staticmethod
-    def _clamp(n: int, lo: int, hi: int) -> int:
-        return int(min(max(n, lo), hi))
+    def _clamp(self, t: int, n: int, lo: int, hi: int) -> int:
+        """``n`` rounded to layer ``t``'s nearest allowed count, within [lo, hi]."""
+        return int(min(max(self.round_count(t, n), lo), hi))
+
+    def round_count(self, t: int, n: int, down: bool = False) -> int:
+        """The allowed count of layer ``t`` nearest ``n`` (ties and ``down``: the lower one;
+        the smallest allowed count when ``n`` is below it)."""
+        allowed = self.allowed[t]
+        i = int(np.searchsorted(allowed, n))
+        if i < len(allowed) and allowed[i] == n:
+            return int(n)
+        below, above = allowed[max(i - 1, 0)], allowed[min(i, len(allowed) - 1)]
+        if i == 0:
+            return int(allowed[0])
+        return int(below if down or n - below <= above - n else above)
+
+    def round_counts(self, counts: np.ndarray, down: bool = True) -> np.ndarray:
+        """Every layer's count rounded to an allowed one (down by default: the heuristics'
+        budget fit rounds its plans this way)."""
+        if self.round_to is None:
+            return np.minimum(np.maximum(np.asarray(counts, dtype=np.int64), self.min_counts), self.units)
+        return np.array([self.round_count(t, int(n), down) for t, n in enumerate(counts)])
 
     # ---- observations ----------------------------------------------------------------
     def _static_features(self) -> np.ndarray:
@@ -401,11 +445,11 @@ class PruningEnv(gym.Env):
         return self._t
 
 
-def lowest_flops_ratio(target: Target, min_keep: float) -> float:
-    """The smallest FLOPs budget ``min_keep`` allows on ``target``'s architecture (no
-    checkpoint or data needed: checked before any work starts)."""
+def lowest_flops_ratio(target: Target, min_keep: float, round_to: int | None = None) -> float:
+    """The smallest FLOPs budget ``min_keep`` (and ``round_to``) allow on ``target``'s
+    architecture (no checkpoint or data needed: checked before any work starts)."""
     pruner = make_pruner(target.build_model().eval(), target.example_input(), keep_layers=target.keep_layers)
-    counts = [keep_count(min_keep, int(u)) for u in pruner.units]
+    counts = [allowed_counts(int(u), keep_count(min_keep, int(u)), round_to)[0] for u in pruner.units]
     return float(pruner.flop_model.flops(np.array(counts)) / pruner.flop_model.base)
 
 

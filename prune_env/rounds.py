@@ -6,7 +6,7 @@ The scheduled NGF heuristic and the pruning sweeps both prune this way."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ class RoundPruner:
       round (``flops``: FLOPs, at least ``floor`` units per layer; ``units``: all units).
     - ``criterion``: ``activation`` (NGF) or ``l1``; scores are re-measured every round on
       ``calibration_inputs``.
+    - ``round_counts``: maps planned unit counts to allowed ones (the env's ``round_to``).
 
     ``model`` is never modified; :attr:`model` is the network after the last step (the
     caller may fine-tune it in place between steps).
@@ -34,7 +35,8 @@ class RoundPruner:
 
     def __init__(self, model: nn.Module, example: torch.Tensor, schedule: Sequence[float],
                  calibration_inputs: torch.Tensor | None = None, criterion: str = "activation",
-                 resource: str = "flops", floor: np.ndarray | None = None, layer_types: Iterable[LayerType] = ()):
+                 resource: str = "flops", floor: np.ndarray | None = None, layer_types: Iterable[LayerType] = (),
+                 round_counts: Callable[[np.ndarray], np.ndarray] | None = None):
         if resource not in RESOURCES:
             raise ValueError(f"unknown resource {resource!r}; choose one of: {', '.join(RESOURCES)}")
         if not schedule or any(not 0.0 < float(f) <= 1.0 for f in schedule):
@@ -44,6 +46,7 @@ class RoundPruner:
         self.example, self.calibration_inputs = example, calibration_inputs
         self.schedule, self.criterion, self.resource = [float(f) for f in schedule], criterion, resource
         self.layer_types = tuple(layer_types)
+        self.round_counts = round_counts
         original = make_pruner(model, example, calibration_inputs, self.layer_types)
         self.flop_model, self.units_total = original.flop_model, int(original.units.sum())
         self.floor = np.ones_like(original.units) if floor is None else np.asarray(floor)
@@ -59,6 +62,8 @@ class RoundPruner:
         pruner = make_pruner(self.model, self.example, self.calibration_inputs, self.layer_types)
         scores = pruner.stats.activation if self.criterion == "activation" else pruner.stats.l1
         counts_at = global_threshold_counts(scores)
+        if self.round_counts is not None:
+            threshold_counts, counts_at = counts_at, lambda x: self.round_counts(threshold_counts(x))
         if self.resource == "flops":
             counts = counts_within_flops(self.flop_model.flops, counts_at, keep * self.flop_model.base,
                                          self.floor, 0.0, 1.0)

@@ -21,6 +21,7 @@ from agents.base import run_episode
 from agents.heuristics import UniformPolicy
 from prune_env.cli import (
     add_target_arguments,
+    check_at_least,
     check_budget_reachable,
     make_parser,
     parse_counts,
@@ -49,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--flops-budgets", default="0.3,0.5,0.7",
                         help="fractions of the FLOPs to keep, each in (0, 1], separated by commas")
     parser.add_argument("--batch-sizes", default="1,64", help="batch sizes to time, separated by commas")
+    parser.add_argument("--round-to", type=int, default=None, metavar="N",
+                        help="keep a multiple of N units in every layer, or all of them (default: any count)")
     parser.add_argument("--untrained", action="store_true", help="time a fresh network (no checkpoint needed)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     return parser
@@ -59,14 +62,16 @@ def main() -> None:
     budgets = parse_fractions(args.flops_budgets, "--flops-budgets")
     batches = parse_counts(args.batch_sizes, "--batch-sizes")
     target = target_from_args(args)
-    check_budget_reachable(target, min(budgets), 0.1, flag="--flops-budgets")
+    check_at_least("--round-to", args.round_to, 1)
+    check_budget_reachable(target, min(budgets), 0.1, flag="--flops-budgets", round_to=args.round_to)
     model = target.build_model().eval() if args.untrained else target.load_pretrained()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         base_onnx = Path(tmp) / "base.onnx"
         export_onnx(model, target.example_input(2), base_onnx)
         for budget in budgets:
-            env = PruningEnv(target, model=model, flops_budget=budget, val_size=8, calibration_size=64)
+            env = PruningEnv(target, model=model, flops_budget=budget, val_size=8, calibration_size=64,
+                             round_to=args.round_to)
             record = run_episode(env, UniformPolicy(env))
             pruned_onnx = Path(tmp) / f"pruned-{budget}.onnx"
             diff = export_onnx(env.last_model, target.example_input(2), pruned_onnx)

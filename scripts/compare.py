@@ -91,7 +91,7 @@ def main() -> None:
     config = load_config(args.target, config_file=args.config, overrides=overrides)
     agent_configs = {a: load_config(args.target, a, args.config, overrides) for a in agents}
     target = target_from_args(args)
-    check_budget_reachable(target, min(budgets), config["env"]["min_keep"], flag="--flops-budgets")
+    check_budget_reachable(target, min(budgets), config["env"]["min_keep"], flag="--flops-budgets", round_to=config["env"].get("round_to"))
     compare(target, config, budgets, list(range(args.seeds)), out, heuristics=heuristics,
             train_agents=agents, agent_configs=agent_configs, agent_budgets=agent_budgets,
             runs=[Path(r) for r in args.runs])

@@ -79,7 +79,7 @@ def main() -> None:
     if not config["evaluate"]["finetune_epochs"] > 0:
         raise UsageError("--finetune-epochs must be above 0: the fine-tuned metric is the ground truth")
     target = target_from_args(args)
-    check_budget_reachable(target, args.flops_budget, config["env"]["min_keep"])
+    check_budget_reachable(target, args.flops_budget, config["env"]["min_keep"], round_to=config["env"].get("round_to"))
     summary = proxy_fidelity(target, config["env"], args.flops_budget, args.candidates, Path(args.out),
                              finetune_epochs=config["evaluate"]["finetune_epochs"], modes=modes, seed=args.seed,
                              criteria=criteria)
