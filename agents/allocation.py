@@ -17,17 +17,17 @@ from prune_env.importance import global_threshold_counts
 
 def counts_meeting_budget(env: PruningEnv, counts_at: Callable[[float], np.ndarray], budget: float,
                           lo: float, hi: float) -> np.ndarray:
-    """Unit counts ``counts_at(x)`` (FLOPs rising with x, at least ``min_keep``, rounded down
-    to the env's allowed counts) for the x whose FLOPs come closest to ``budget`` from below,
-    found by bisection."""
-    return counts_within_flops(env.flop_model.flops, lambda x: env.round_counts(counts_at(x)), budget,
+    """Unit counts ``counts_at(x)`` (cost rising with x, at least ``min_keep``, rounded down
+    to the env's allowed counts) for the x whose cost (the env's: FLOPs or predicted
+    latency) comes closest to ``budget`` from below, found by bisection."""
+    return counts_within_flops(env.cost, lambda x: env.round_counts(counts_at(x)), budget,
                                env.min_counts, lo, hi)
 
 
 def global_threshold_allocation(env: PruningEnv, scores: list) -> np.ndarray:
     """Unit counts of one global threshold on per-layer-normalised ``scores`` that meet the
     budget (the rule of the ``l1`` and ``ngf`` heuristics)."""
-    return counts_meeting_budget(env, global_threshold_counts(scores), env.flops_budget * env.flops_base, 0.0, 1.0)
+    return counts_meeting_budget(env, global_threshold_counts(scores), env.budget_cost, 0.0, 1.0)
 
 
 def meet_budget(env: PruningEnv | gym.Env, ratios: np.ndarray) -> np.ndarray:
@@ -35,11 +35,11 @@ def meet_budget(env: PruningEnv | gym.Env, ratios: np.ndarray) -> np.ndarray:
     to [min_keep, 1]; only clipped when the environment has no budget."""
     base = env.unwrapped
     ratios = np.clip(np.asarray(ratios, dtype=np.float64), base.min_keep, 1.0)
-    if base.flops_budget is None:
+    if base.budget is None:
         return ratios
     counts = counts_meeting_budget(
         base, lambda s: base.pruner.keep_counts(np.clip(ratios * s, 1e-9, 1.0)),
-        base.flops_budget * base.flops_base, 0.0, 1.0 / ratios.min())
+        base.budget_cost, 0.0, 1.0 / ratios.min())
     return np.clip(counts / np.asarray(base.units), base.min_keep, 1.0)
 
 

@@ -27,8 +27,8 @@ class HeuristicPolicy:
     preferred_criterion: str | None = None
 
     def __init__(self, env: PruningEnv, seed: int = 0):
-        if env.flops_budget is None:
-            raise ValueError(f"the {self.name} heuristic needs an environment with a flops_budget")
+        if env.budget is None:
+            raise ValueError(f"the {self.name} heuristic needs an environment with a flops_budget or latency_budget")
         self.env, self.seed = env, seed
         self.keep_ratios = self.plan()
 
@@ -41,7 +41,7 @@ class HeuristicPolicy:
 
     def _meet_budget(self, counts_at: Callable[[float], np.ndarray], lo: float, hi: float) -> np.ndarray:
         env = self.env
-        return self._as_ratios(counts_meeting_budget(env, counts_at, env.flops_budget * env.flops_base, lo, hi))
+        return self._as_ratios(counts_meeting_budget(env, counts_at, env.budget_cost, lo, hi))
 
     def _as_ratios(self, counts: np.ndarray) -> np.ndarray:
         return np.clip(counts / self.env.units, self.env.min_keep, 1.0)
@@ -119,15 +119,15 @@ class ScheduledNGF(PrunesInRounds):
 
     def __init__(self, env: PruningEnv, seed: int = 0, rounds: int = 3, power: float = 3.0,
                  finetune_epochs: float = 0.2):
-        if env.flops_budget is None:
-            raise ValueError("ngf_scheduled needs an environment with a flops_budget")
+        if env.budget is None:
+            raise ValueError("ngf_scheduled needs an environment with a flops_budget or latency_budget")
         if rounds < 1:
             raise ValueError(f"ngf_scheduled needs at least one round, got {rounds}")
         self.env, self.seed, self.rounds, self.power, self.finetune_epochs = env, seed, rounds, power, finetune_epochs
         self.keep_ratios: np.ndarray | None = None
 
     def flops_targets(self) -> list[float]:
-        return [polynomial_decay(1.0, self.env.flops_budget, k / self.rounds, self.power)
+        return [polynomial_decay(1.0, self.env.budget, k / self.rounds, self.power)
                 for k in range(1, self.rounds + 1)]
 
     def run(self) -> tuple[torch.nn.Module, dict]:
@@ -135,7 +135,7 @@ class ScheduledNGF(PrunesInRounds):
         env = self.env
         rounds = RoundPruner(env.model, env.target.example_input(), self.flops_targets(), env.pruner.calibration_inputs,
                              "activation", resource="flops", floor=env.min_counts, layer_types=env.pruner.extra_layer_types,
-                             round_counts=env.round_counts)
+                             round_counts=env.round_counts, cost=env.cost)
         for k in range(1, self.rounds + 1):
             model = rounds.step()
             if k < self.rounds and self.finetune_epochs > 0:

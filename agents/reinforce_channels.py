@@ -80,7 +80,7 @@ def global_threshold_units(env: PruningEnv, criterion: str) -> list[torch.Tensor
     """The units one global threshold on per-layer-normalised ``criterion`` scores keeps at
     the budget (every unit without a budget): the ``l1`` / ``ngf`` heuristic's network."""
     scores = [env.pruner.keep_scores(i, criterion) for i in range(env.n_layers)]
-    counts = env.units if env.flops_budget is None else global_threshold_allocation(env, scores)
+    counts = env.units if env.budget is None else global_threshold_allocation(env, scores)
     return [top_units(s, int(n)) for s, n in zip(scores, counts, strict=True)]
 
 

@@ -20,6 +20,9 @@ REPORT_KEYS = (
     "latency_ms_pruned", "latency_batch_size", "search_seconds", "episodes", "evaluation",
 )
 EVALUATION_KEYS = ("evaluation", "bn_calibration_size", "finetune_steps")
+LATENCY_KEYS = ("latency_budget", "latency_ms_predicted", "latency_ms_predicted_base", "latency_ratio_predicted",
+                "latency_table")
+"""What a latency budget adds to an episode record (the table's prediction and settings)."""
 
 
 class BaselineMeasurements:
@@ -98,7 +101,7 @@ def final_report(env: PruningEnv, model: nn.Module, record: dict, *, policy: str
         # beyond the common schema
         "flops_ratio": record["flops_ratio"], "keep_counts": record["keep_counts"],
         "criterion": record["criterion"], "round_to": record.get("round_to"), "reward_name": record["reward_name"],
-        **{k: record[k] for k in EVALUATION_KEYS if k in record},
+        **{k: record[k] for k in (*EVALUATION_KEYS, *LATENCY_KEYS) if k in record},
         **({"kept_units": record["kept_units"]} if "kept_units" in record else {}),
         "metric_base_val": record["metric_base_val"], "metric_pruned_val": record["metric_pruned_val"],
         "finetune_epochs": finetune_epochs, "latency_threads": pruned_latency["threads"],

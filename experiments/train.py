@@ -100,7 +100,8 @@ def train_and_report(run: TrainRun) -> dict:
     if not target.has_checkpoint():
         print(f"{target.name} has no pretrained checkpoint yet ({target.checkpoint_path}); pretraining it first.")
         target.pretrain(show_progress=run.show_progress)
-    baselines = play_baselines(target, run.config["env"], run.baselines) if run.config["env"].get("flops_budget") else {}
+    budgeted = run.config["env"].get("flops_budget") or run.config["env"].get("latency_budget")
+    baselines = play_baselines(target, run.config["env"], run.baselines) if budgeted else {}
     reference = run.reference_reward
     if reference is None and baselines:
         reference = max(r["reward"] for r in baselines.values())

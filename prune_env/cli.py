@@ -117,6 +117,13 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--finetune-steps", type=int, default=None,
                         help="optimiser steps before each measurement, finetune evaluation "
                              "(default: the target's config)")
+    parser.add_argument("--latency-budget", type=float, default=None, metavar="F",
+                        help="keep this fraction of the predicted unpruned latency instead of a FLOPs budget "
+                             "(a per-layer latency table, measured once on this device and cached)")
+    parser.add_argument("--latency-batch-size", type=int, default=None,
+                        help="batch size of the latency budget's table (default: the target's config, 1)")
+    parser.add_argument("--latency-engine", default=None, choices=["torch", "onnxruntime"],
+                        help="what the latency table times (default: torch, eager)")
     parser.add_argument("--round-to", type=int, default=None, metavar="N",
                         help="keep a multiple of N units in every layer, or all of a layer's units "
                              "(default: the target's config, any count)")
@@ -127,8 +134,11 @@ def evaluation_overrides(args: argparse.Namespace) -> dict:
     check_at_least("--bn-calibration-size", args.bn_calibration_size, 2)
     check_at_least("--finetune-steps", args.finetune_steps, 1)
     check_at_least("--round-to", args.round_to, 1)
+    check_at_least("--latency-batch-size", args.latency_batch_size, 1)
+    check_fraction("--latency-budget", args.latency_budget)
     return {"evaluation": args.evaluation, "bn_calibration_size": args.bn_calibration_size,
-            "finetune_steps": args.finetune_steps, "round_to": args.round_to}
+            "finetune_steps": args.finetune_steps, "round_to": args.round_to, "latency_budget": args.latency_budget,
+            "latency_batch_size": args.latency_batch_size, "latency_engine": args.latency_engine}
 
 
 def check_fraction(flag: str, value: float | None) -> None:

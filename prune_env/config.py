@@ -69,6 +69,12 @@ class EnvConfig:
     """Optimiser steps before each measurement (``finetune``)."""
     round_to: int | None = None
     """Keep a multiple of this many units in every layer, or all its units (``null``: any count)."""
+    latency_budget: float | None = None
+    """Fraction of the predicted unpruned latency to keep, in (0, 1]; replaces ``flops_budget`` when set."""
+    latency_batch_size: int = 1
+    """Batch size the latency table (and so the latency budget) is measured at."""
+    latency_engine: str = "torch"
+    """What the latency table times: ``torch`` (eager) or ``onnxruntime``."""
 
     def check(self) -> None:
         from prune_env.evaluation import EVALUATIONS
@@ -78,8 +84,17 @@ class EnvConfig:
         _fail(self.flops_budget is not None and not 0 < self.flops_budget <= 1,
               f"env.flops_budget must lie in (0, 1], got {self.flops_budget}")
         _fail(self.reward not in REWARDS, f"env.reward {self.reward!r} is unknown; choose one of: {', '.join(REWARDS)}")
-        _fail(self.reward == "budget" and self.flops_budget is None,
+        from prune_env.latency import ENGINES
+
+        _fail(self.reward == "budget" and self.flops_budget is None and self.latency_budget is None,
               "env.flops_budget is null, but the budget reward needs one; set it or choose another env.reward")
+        _fail(self.latency_budget is not None and not 0 < self.latency_budget <= 1,
+              f"env.latency_budget must lie in (0, 1], got {self.latency_budget}")
+        _fail(self.reward == "latency" and self.latency_budget is None,
+              "the latency reward needs env.latency_budget")
+        _fail(self.latency_engine not in ENGINES,
+              f"env.latency_engine {self.latency_engine!r} is unknown; choose one of: {', '.join(ENGINES)}")
+        _at_least("env.latency_batch_size", self.latency_batch_size, 1)
         _fail(self.criterion not in CRITERIA,
               f"env.criterion {self.criterion!r} is unknown; choose one of: {', '.join(CRITERIA)}")
         _fail(not 0 < self.min_keep <= 1, f"env.min_keep must lie in (0, 1], got {self.min_keep}")
@@ -474,6 +489,11 @@ def resolve_config(target: str, agent: str | None = None, config_file: str | Pat
         merged = merge(merged, check_source(data, source, agent))
     flags = check_source(_drop_none(overrides or {}), "command line", agent)
     merged = merge(merged, flags, skip_none=True)
+    env = merged.get("env", {})
+    if env.get("latency_budget") is not None:  # a latency budget replaces the FLOPs budget
+        _fail(flags.get("env", {}).get("flops_budget") is not None,
+              "--flops-budget and --latency-budget exclude each other: give one of them")
+        env["flops_budget"] = None
     config = Config(**{name: _build(cls, merged.get(name, {})) for name, cls in SECTIONS.items()})
     _fail(config.search.reselect_top > 0 and config.env.val_size is None,
           "search.reselect_top needs env.val_size: the search measures the first val_size validation examples "

@@ -94,7 +94,7 @@ class PruningEnv(gym.Env):
 
     ## Rewards
     Zero until the last step, then ``reward`` of the pruned network (``budget``,
-    ``tradeoff`` or ``log_flops``, see :mod:`prune_env.rewards`), computed from the metric
+    ``tradeoff``, ``log_flops`` or ``latency``, see :mod:`prune_env.rewards`), computed from the metric
     on a fixed validation slice of the training split (never the test split), normalised
     to [0, 1], and the FLOPs ratio. Before it is measured the pruned copy is prepared by
     the ``evaluation`` mode (:mod:`prune_env.evaluation`): ``plain``, ``adaptive_bn`` or
@@ -117,6 +117,11 @@ class PruningEnv(gym.Env):
     - ``action_mode``: ``ratio`` (a keep-ratio per layer) or ``mask`` (a score per unit).
     - ``min_keep``: lowest keep-ratio of any layer.
     - ``round_to``: kept unit counts are multiples of this (or all units); None: any count.
+    - ``latency_budget``: fraction of the unpruned network's *predicted* latency to keep, in
+      place of ``flops_budget`` (which must then be None); the clamp works on the latency
+      table's prediction (:mod:`prune_env.latency`, built once per device, batch
+      ``latency_batch_size``, threads and ``latency_engine``, and cached) exactly as on
+      FLOPs. Records then hold ``latency_ms_predicted`` and the table's settings.
     - ``val_size``: validation examples (episodes for CartPole) per evaluation.
     - ``evaluation``: how a candidate is prepared before it is measured; with
       ``bn_calibration_size`` (``adaptive_bn``) and ``finetune_steps`` (``finetune``).
@@ -154,6 +159,9 @@ class PruningEnv(gym.Env):
         layer_types: tuple[LayerType, ...] | list[LayerType] = (),
         action_mode: str = "ratio",
         round_to: int | None = None,
+        latency_budget: float | None = None,
+        latency_batch_size: int = 1,
+        latency_engine: str = "torch",
     ):
         super().__init__()
         self.target = get_target(target, data_dir, limit) if isinstance(target, str) else target
@@ -168,9 +176,21 @@ class PruningEnv(gym.Env):
                                      or round_to < 1):
             raise ValueError(f"round_to must be a whole number of units, at least 1, or None; got {round_to!r}")
         self.round_to = int(round_to) if round_to else None
-        if reward == "budget" and flops_budget is None:
-            raise ValueError("the 'budget' reward needs a flops_budget; pass one or choose 'tradeoff'/'log_flops'")
+        if latency_budget is not None:
+            if not 0.0 < latency_budget <= 1.0:
+                raise ValueError(f"latency_budget must be in (0, 1] or None, got {latency_budget}")
+            if flops_budget is not None:
+                raise ValueError("pass either a flops_budget or a latency_budget: set flops_budget=None to budget "
+                                 "the predicted latency")
+        if reward == "latency" and latency_budget is None:
+            raise ValueError("the 'latency' reward needs a latency_budget")
+        if reward == "budget" and flops_budget is None and latency_budget is None:
+            raise ValueError("the 'budget' reward needs a flops_budget (or a latency_budget); pass one or choose "
+                             "'tradeoff'/'log_flops'")
         self.flops_budget, self.min_keep, self.criterion = flops_budget, float(min_keep), criterion
+        self.latency_budget = latency_budget
+        self.budget = latency_budget if latency_budget is not None else flops_budget
+        """The budget the clamp enforces, a fraction of ``cost_base``: predicted latency or FLOPs."""
         self.reward_name, self.reward_kwargs = reward, dict(reward_kwargs or {})
         self._reward_fn, self._importance = get_reward(reward), get_criterion(criterion)
         self.model = (model if model is not None else self.target.load_pretrained()).eval()
@@ -185,9 +205,19 @@ class PruningEnv(gym.Env):
         self.min_counts = np.array([int(a[0]) for a in self.allowed])
         self.flops_base = float(self.flop_model.base)
         self.params_base = count_params(self.model)
-        lowest = self.flop_model.flops(self.min_counts) / self.flops_base
-        if flops_budget is not None and lowest > flops_budget * 1.001:
-            raise ValueError(f"flops_budget {flops_budget} is below what min_keep={min_keep}"
+        self.latency_table = None
+        if latency_budget is not None or reward == "latency":
+            from prune_env.latency import LatencyTable
+
+            self.latency_table = LatencyTable.build(self.pruner, self.target.name, latency_batch_size,
+                                                    latency_engine, self.target.device, low=self.min_counts)
+        self.cost = self.latency_table.predict if latency_budget is not None else self.flop_model.flops
+        """What the budget limits, from kept counts: predicted ms (latency budget) or FLOPs."""
+        self.cost_base = float(self.cost(self.units))
+        lowest = self.cost(self.min_counts) / self.cost_base
+        if self.budget is not None and lowest > self.budget * 1.001:
+            kind = "latency_budget" if latency_budget is not None else "flops_budget"
+            raise ValueError(f"{kind} {self.budget} is below what min_keep={min_keep}"
                              f"{f' and round_to={self.round_to}' if self.round_to else ''} allow ({lowest:.3f})")
         self.metric_scale = float(self.target.metric_scale)
         self.evaluation = make_evaluation(evaluation, self.target, bn_calibration_size, finetune_steps)
@@ -318,9 +348,18 @@ class PruningEnv(gym.Env):
             "params_base": self.params_base, "params_pruned": count_params(model),
             "metric_name": self.target.metric_name, "metric_base_val": self.metric_base, "metric_pruned_val": metric,
             "reward": reward,
+            **(self._latency_fields(counts) if self.latency_table is not None else {}),
             **({"kept_units": [[int(i) for i in k] for k in self._kept]}
                if self.action_mode == "mask" and keep_counts is None and len(self._kept) == self.n_layers else {}),
         }
+
+    def _latency_fields(self, counts: np.ndarray) -> dict[str, Any]:
+        """The latency budget and the table's prediction for ``counts`` (``report.json``)."""
+        predicted = self.latency_table.predict(counts)
+        return {"latency_budget": self.latency_budget, "latency_ms_predicted": predicted,
+                "latency_ms_predicted_base": self.latency_table.base,
+                "latency_ratio_predicted": predicted / self.latency_table.base,
+                "latency_table": dict(self.latency_table.settings)}
 
     # ---- actions and the budget ------------------------------------------------------
     def _check_action(self, action) -> float:
@@ -355,28 +394,33 @@ class PruningEnv(gym.Env):
         order = np.lexsort((np.arange(len(scores)), -importance, -scores))
         return np.sort(order[:n])
 
-    def _flops_with(self, t: int, n: int, rest: np.ndarray) -> float:
+    @property
+    def budget_cost(self) -> float | None:
+        """The budget in the units of :attr:`cost` (None without a budget)."""
+        return None if self.budget is None else self.budget * self.cost_base
+
+    def _cost_with(self, t: int, n: int, rest: np.ndarray) -> float:
         counts = self._counts.copy()
         counts[t] = n
         counts[t + 1:] = rest[t + 1:]
-        return self.flop_model.flops(counts)
+        return self.cost(counts)
 
     def _count_bounds(self, t: int) -> tuple[int, int]:
         """Unit counts of layer ``t`` that keep the budget reachable (all allowed counts if
         none); both are allowed counts."""
         allowed = self.allowed[t]
-        if self.flops_budget is None:
+        budget = self.budget_cost
+        if budget is None:
             return int(allowed[0]), int(allowed[-1])
-        budget = self.flops_budget * self.flops_base
         last = len(allowed) - 1
         # largest count whose most-pruned completion still fits the budget
-        hi = allowed[largest_int(0, last, lambda i: self._flops_with(t, allowed[i], self.min_counts) <= budget)]
+        hi = allowed[largest_int(0, last, lambda i: self._cost_with(t, allowed[i], self.min_counts) <= budget)]
         # smallest count whose unpruned completion still reaches the budget
-        lo = allowed[smallest_int(0, last, lambda i: self._flops_with(t, allowed[i], self.units) >= budget)]
+        lo = allowed[smallest_int(0, last, lambda i: self._cost_with(t, allowed[i], self.units) >= budget)]
         if lo <= hi:
             return int(lo), int(hi)
         # the budget falls between two counts: take the one that lands closer to it
-        best = min((hi, lo), key=lambda n: abs(self._flops_with(t, n, self.units) - budget))
+        best = min((hi, lo), key=lambda n: abs(self._cost_with(t, n, self.units) - budget))
         return int(best), int(best)
 
     def _clamp(self, t: int, n: int, lo: int, hi: int) -> int:
@@ -435,7 +479,7 @@ class PruningEnv(gym.Env):
             lo, hi = self._bounds
         else:
             lo = hi = int(self._counts[t])
-        dynamic = [removed, later, prev, self.flops_budget or 1.0, lo / self.units[t], hi / self.units[t]]
+        dynamic = [removed, later, prev, self.budget or 1.0, lo / self.units[t], hi / self.units[t]]
         obs = np.concatenate([static[:9], dynamic, static[9:]])
         return np.clip(obs, 0.0, 1.0).astype(np.float32)
 

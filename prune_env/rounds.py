@@ -28,6 +28,8 @@ class RoundPruner:
     - ``criterion``: ``activation`` (NGF) or ``l1``; scores are re-measured every round on
       ``calibration_inputs``.
     - ``round_counts``: maps planned unit counts to allowed ones (the env's ``round_to``).
+    - ``cost``: what the ``flops`` resource measures from unit counts (default: FLOPs; the
+      env's predicted latency under a latency budget).
 
     ``model`` is never modified; :attr:`model` is the network after the last step (the
     caller may fine-tune it in place between steps).
@@ -36,7 +38,8 @@ class RoundPruner:
     def __init__(self, model: nn.Module, example: torch.Tensor, schedule: Sequence[float],
                  calibration_inputs: torch.Tensor | None = None, criterion: str = "activation",
                  resource: str = "flops", floor: np.ndarray | None = None, layer_types: Iterable[LayerType] = (),
-                 round_counts: Callable[[np.ndarray], np.ndarray] | None = None):
+                 round_counts: Callable[[np.ndarray], np.ndarray] | None = None,
+                 cost: Callable[[np.ndarray], float] | None = None):
         if resource not in RESOURCES:
             raise ValueError(f"unknown resource {resource!r}; choose one of: {', '.join(RESOURCES)}")
         if not schedule or any(not 0.0 < float(f) <= 1.0 for f in schedule):
@@ -49,6 +52,8 @@ class RoundPruner:
         self.round_counts = round_counts
         original = make_pruner(model, example, calibration_inputs, self.layer_types)
         self.flop_model, self.units_total = original.flop_model, int(original.units.sum())
+        self.cost = cost or original.flop_model.flops
+        self.cost_base = float(self.cost(original.units))
         self.floor = np.ones_like(original.units) if floor is None else np.asarray(floor)
         self.model: nn.Module = model
         self.counts: np.ndarray = original.units.copy()
@@ -65,8 +70,7 @@ class RoundPruner:
         if self.round_counts is not None:
             threshold_counts, counts_at = counts_at, lambda x: self.round_counts(threshold_counts(x))
         if self.resource == "flops":
-            counts = counts_within_flops(self.flop_model.flops, counts_at, keep * self.flop_model.base,
-                                         self.floor, 0.0, 1.0)
+            counts = counts_within_flops(self.cost, counts_at, keep * self.cost_base, self.floor, 0.0, 1.0)
         else:
             counts = np.minimum(counts_at(min(1.0, keep * self.units_total / pruner.units.sum())), pruner.units)
         self.model = pruner.prune_counts(counts, self.criterion)

@@ -88,6 +88,9 @@ def main() -> None:
     overrides = {"env": {"val_size": args.val_size, **evaluation_overrides(args)},
                  "search": {"episodes": args.episodes, "reselect_top": args.reselect_top},
                  "evaluate": {"finetune_epochs": args.finetune_epochs}}
+    if args.latency_budget is not None:
+        raise UsageError("compare.py compares at FLOPs budgets"
+                         "; for a latency budget run train_agent.py or evaluate.py with --latency-budget")
     config = load_config(args.target, config_file=args.config, overrides=overrides)
     agent_configs = {a: load_config(args.target, a, args.config, overrides) for a in agents}
     target = target_from_args(args)

@@ -72,7 +72,8 @@ def main() -> None:
         "evaluate": {"finetune_epochs": args.finetune_epochs},
     })
     target = target_from_args(args)
-    check_budget_reachable(target, config["env"]["flops_budget"], config["env"]["min_keep"], round_to=config["env"].get("round_to"))
+    check_budget_reachable(target, config["env"]["flops_budget"], config["env"]["min_keep"],
+                           round_to=config["env"].get("round_to"))
     started = time.perf_counter()
     env, policy, policy_mode = make_policy(args.policy, target, config["env"], seed=args.seed,
                                            criterion_given=args.criterion is not None or run is not None)

@@ -73,13 +73,17 @@ def main() -> None:
     criteria = tuple(c for c in args.criteria.split(",") if c)
     if set(criteria) - set(CRITERIA):
         raise UsageError(f"unknown criteria {sorted(set(criteria) - set(CRITERIA))}; choose from {', '.join(CRITERIA)}")
+    if args.latency_budget is not None:
+        raise UsageError("proxy_fidelity.py measures at a FLOPs budget"
+                         "; for a latency budget run train_agent.py or evaluate.py with --latency-budget")
     config = load_config(args.target, config_file=args.config, overrides={
         "env": {"val_size": args.val_size, **evaluation_overrides(args)},
         "evaluate": {"finetune_epochs": args.finetune_epochs}})
     if not config["evaluate"]["finetune_epochs"] > 0:
         raise UsageError("--finetune-epochs must be above 0: the fine-tuned metric is the ground truth")
     target = target_from_args(args)
-    check_budget_reachable(target, args.flops_budget, config["env"]["min_keep"], round_to=config["env"].get("round_to"))
+    check_budget_reachable(target, args.flops_budget, config["env"]["min_keep"],
+                           round_to=config["env"].get("round_to"))
     summary = proxy_fidelity(target, config["env"], args.flops_budget, args.candidates, Path(args.out),
                              finetune_epochs=config["evaluate"]["finetune_epochs"], modes=modes, seed=args.seed,
                              criteria=criteria)

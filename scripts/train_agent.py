@@ -79,7 +79,8 @@ def main() -> None:
         config["env"]["flops_budget"] = None
     out = Path(args.out or f"runs/{args.target}-{args.agent}-s{args.seed}-{datetime.now():%Y%m%d-%H%M%S}")
     target = target_from_args(args)
-    check_budget_reachable(target, config["env"].get("flops_budget"), config["env"].get("min_keep", 0.1), round_to=config["env"].get("round_to"))
+    check_budget_reachable(target, config["env"].get("flops_budget"), config["env"].get("min_keep", 0.1),
+                           round_to=config["env"].get("round_to"))
     prepare_run_folder(out, args.resume, args.force)
     report = train_and_report(TrainRun(target=target, agent=args.agent, config=config, out=out,
                                        seed=args.seed, resume=args.resume, export=not args.no_export,

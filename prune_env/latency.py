@@ -1,0 +1,207 @@
+"""A per-layer latency lookup table (NetAdapt): predict any allocation's latency on this
+device without timing it.
+
+A sequential network is cut into *blocks*, one per prunable layer: the layer and the
+modules that follow it up to the next prunable layer (batch norm, activation, pooling,
+flatten; the first block also runs whatever precedes the first layer), plus a *tail*
+(the output layer and what follows). Block ``i``'s time depends on
+its input width (layer ``i-1``'s kept units) and its output width (layer ``i``'s). The
+table times every block on a grid of widths, on the device, at one batch size, thread
+count and engine (PyTorch eager, or onnxruntime), and predicts an allocation's latency as
+the sum of its blocks' times, interpolated bilinearly between grid widths. At grid widths
+the prediction is exactly the sum of the table's entries.
+
+A table is built once, with a progress bar, and cached under ``$PRUNE_ENV_HOME/latency``
+by target, architecture, device, batch size, threads and engine; a table measured with
+other settings is never reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from prune_env.cost import median_ms
+from prune_env.pruner import BasePruner, Pruner
+from target_models.checkpoints import home_dir
+from target_models.device import module_device, on_device, to_device
+
+ENGINES = ("torch", "onnxruntime")
+
+
+def grid_widths(low: int, units: int, points: int) -> np.ndarray:
+    """``points`` widths from ``low`` to ``units``, evenly spaced and distinct."""
+    return np.unique(np.round(np.linspace(low, units, max(2, points))).astype(np.int64))
+
+
+def _interpolate(grid_in: np.ndarray, grid_out: np.ndarray, table: np.ndarray, a: float, b: float) -> float:
+    """Bilinear interpolation of ``table[i, j]`` (at ``grid_in[i]``, ``grid_out[j]``) at (a, b)."""
+
+    def weights(grid: np.ndarray, x: float) -> tuple[int, int, float]:
+        if len(grid) == 1:
+            return 0, 0, 0.0
+        j = int(np.clip(np.searchsorted(grid, x) - 1, 0, len(grid) - 2))
+        return j, j + 1, float(np.clip((x - grid[j]) / (grid[j + 1] - grid[j]), 0.0, 1.0))
+
+    i0, i1, wi = weights(grid_in, a)
+    j0, j1, wj = weights(grid_out, b)
+    return float((1 - wi) * ((1 - wj) * table[i0, j0] + wj * table[i0, j1])
+                 + wi * ((1 - wj) * table[i1, j0] + wj * table[i1, j1]))
+
+
+class _Timer:
+    """Times one module on one input with an engine."""
+
+    def __init__(self, engine: str, device: torch.device, repeats: int):
+        if engine not in ENGINES:
+            raise ValueError(f"unknown latency engine {engine!r}; choose one of: {', '.join(ENGINES)}")
+        if engine == "onnxruntime" and device.type != "cpu":
+            raise ValueError("the onnxruntime engine times on the CPU; use engine='torch' on another device")
+        self.engine, self.device, self.repeats = engine, device, repeats
+
+    @torch.no_grad()
+    def __call__(self, module: nn.Module, x: torch.Tensor) -> float:
+        module.eval()
+        if self.engine == "onnxruntime":
+            return self._onnx(module, x)
+        xd = to_device(x, self.device)
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+
+        def forward() -> None:
+            module(xd)
+            sync()
+
+        with on_device(module, self.device):
+            return median_ms(forward, self.repeats, warmup=3, warmup_seconds=0.05)
+
+    def _onnx(self, module: nn.Module, x: torch.Tensor) -> float:
+        import onnxruntime as ort
+
+        from prune_env.export import export_onnx
+
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "block.onnx"
+            export_onnx(module, x, path)
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = torch.get_num_threads()
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        feed = {"input": x.numpy()}
+        return median_ms(lambda: session.run(None, feed), self.repeats, warmup=3, warmup_seconds=0.05)
+
+
+class LatencyTable:
+    """Predicted latency (ms per forward pass of ``batch_size`` examples) of a sequential
+    network as a function of its layers' kept unit counts.
+
+    ``widths`` gives each layer's grid (default: ``points`` widths from ``low[i]`` to its
+    units). Build with :meth:`build` (cached) or :meth:`measure`.
+    """
+
+    def __init__(self, grids: list[np.ndarray], blocks: list[np.ndarray], tail: np.ndarray, settings: dict):
+        self.grids, self.blocks, self.tail, self.settings = grids, blocks, tail, settings
+        self.units = np.array([int(g[-1]) for g in grids])
+        self.base = self.predict(self.units)
+
+    # ---- prediction --------------------------------------------------------------------
+    def layer_times(self, counts: Sequence[int]) -> np.ndarray:
+        """Predicted ms of each block (the tail last) at ``counts``."""
+        times = []
+        for i, table in enumerate(self.blocks):
+            a = counts[i - 1] if i > 0 else 0
+            grid_in = self.grids[i - 1] if i > 0 else np.zeros(1)
+            times.append(_interpolate(grid_in, self.grids[i], table, a, counts[i]))
+        times.append(_interpolate(self.grids[-1], np.zeros(1), self.tail[:, None], counts[-1], 0))
+        return np.array(times)
+
+    def predict(self, counts: Sequence[int]) -> float:
+        """Predicted ms of the whole network at ``counts`` (one per prunable layer)."""
+        return float(self.layer_times(counts).sum())
+
+    def entries_sum(self) -> float:
+        """The table's entries at full widths, summed (equals ``base``)."""
+        return float(sum(b[-1, -1] for b in self.blocks) + self.tail[-1])
+
+    # ---- measurement -------------------------------------------------------------------
+    @classmethod
+    def measure(cls, pruner: BasePruner, batch_size: int = 1, engine: str = "torch",
+                device: torch.device | str | None = None, points: int = 6, low: Sequence[int] | None = None,
+                repeats: int = 10, show_progress: bool = True) -> LatencyTable:
+        """Time every block of ``pruner``'s network on its grid of widths."""
+        if not isinstance(pruner, Pruner):
+            raise ValueError("latency tables cover sequential networks (nn.Sequential targets); this network is "
+                             "pruned through a dependency graph")
+        device = torch.device(device) if device is not None else module_device(pruner.model)
+        timer = _Timer(engine, device, repeats)
+        layers, units = pruner.layers, pruner.units
+        low = list(low) if low is not None else [1] * len(layers)
+        grids = [grid_widths(int(lo), int(u), points) for lo, u in zip(low, units, strict=True)]
+        example = pruner.example.repeat(batch_size, *([1] * (pruner.example.dim() - 1)))
+        # block i runs modules bounds[i]..bounds[i+1]-1 (block 0 from the input); the tail last
+        bounds = [0, *(layer.position for layer in layers[1:]), layers[-1].consumer, len(pruner.model)]
+        jobs = [(i, a, b) for i in range(len(layers)) for a in (grids[i - 1] if i > 0 else [0]) for b in grids[i]]
+        jobs += [(len(layers), a, 0) for a in grids[-1]]
+        blocks = [np.zeros((len(grids[i - 1]) if i > 0 else 1, len(grids[i]))) for i in range(len(layers))]
+        tail = np.zeros(len(grids[-1]))
+        for i, a, b in tqdm(jobs, desc="latency table", disable=not show_progress):
+            counts = units.copy()
+            if i > 0:
+                counts[i - 1] = a
+            if i < len(layers):
+                counts[i] = b
+            model = pruner.prune_indices([torch.arange(int(c)) for c in counts])
+            with torch.no_grad():
+                x = model[: bounds[i]].eval()(example) if bounds[i] > 0 else example
+            ms = timer(model[bounds[i]: bounds[i + 1]], x)
+            if i < len(layers):
+                blocks[i][(list(grids[i - 1]).index(a) if i > 0 else 0), list(grids[i]).index(b)] = ms
+            else:
+                tail[list(grids[-1]).index(a)] = ms
+        settings = {"batch_size": batch_size, "engine": engine, "device": str(device),
+                    "threads": torch.get_num_threads(), "points": points, "repeats": repeats}
+        return cls(grids, blocks, tail, settings)
+
+    @classmethod
+    def build(cls, pruner: BasePruner, name: str, batch_size: int = 1, engine: str = "torch",
+              device: torch.device | str | None = None, points: int = 6, low: Sequence[int] | None = None,
+              show_progress: bool = True, cache: bool = True) -> LatencyTable:
+        """The cached table of ``name``'s network for these settings, measured when none is."""
+        device = torch.device(device) if device is not None else module_device(pruner.model)
+        low = list(low) if low is not None else [1] * len(pruner.layers)
+        key = {"target": name, "units": [int(u) for u in pruner.units], "low": [int(x) for x in low],
+               "batch_size": batch_size, "engine": engine, "device": str(device),
+               "threads": torch.get_num_threads(), "points": points}
+        path = cache_path(key)
+        if cache and path.exists():
+            saved = json.loads(path.read_text())
+            if saved.get("key") == key:
+                return cls.from_dict(saved)
+        table = cls.measure(pruner, batch_size, engine, device, points, low, show_progress=show_progress)
+        if cache:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"key": key, **table.to_dict()}))
+            tmp.replace(path)
+        return table
+
+    def to_dict(self) -> dict:
+        return {"grids": [g.tolist() for g in self.grids], "blocks": [b.tolist() for b in self.blocks],
+                "tail": self.tail.tolist(), "settings": self.settings}
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> LatencyTable:
+        return cls([np.array(g, dtype=np.int64) for g in saved["grids"]], [np.array(b) for b in saved["blocks"]],
+                   np.array(saved["tail"]), saved["settings"])
+
+
+def cache_path(key: dict) -> Path:
+    """Where the table of ``key`` (target, architecture and every timing setting) is cached."""
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return home_dir() / "latency" / f"{key['target']}-{key['engine']}-b{key['batch_size']}-t{key['threads']}-{digest}.json"

@@ -1,0 +1,115 @@
+"""The per-layer latency table and the latency budget (prune_env.latency)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from agents.base import run_episode
+from agents.heuristics import make_heuristic
+from prune_env.latency import LatencyTable, grid_widths
+from prune_env.pruner import make_pruner
+from target_models import get_target
+from target_models.resnet import CifarResNet
+from tests.test_env import tiny_env
+
+
+def _cartpole_table(**kwargs) -> tuple[LatencyTable, object]:
+    target = get_target("cartpole_policy")
+    pruner = make_pruner(target.build_model().eval(), target.example_input())
+    options = {"points": 3, "show_progress": False, **kwargs}
+    return LatencyTable.build(pruner, target.name, **options), pruner
+
+
+def test_the_unpruned_prediction_is_the_sum_of_the_tables_entries_and_grid_points_are_exact():
+    table, pruner = _cartpole_table()
+    assert [list(g) for g in table.grids] == [list(grid_widths(1, 64, 3))] * 2 == [[1, 32, 64]] * 2
+    assert table.base == pytest.approx(table.entries_sum())
+    assert table.predict(pruner.units) == pytest.approx(table.entries_sum())
+    expected = table.blocks[0][0, 1] + table.blocks[1][1, 0] + table.tail[0]  # counts (32, 1)
+    assert table.predict([32, 1]) == pytest.approx(expected)
+    # between grid widths the prediction lies between its neighbours' (bilinear weights)
+    low, high = sorted((table.predict([32, 32]), table.predict([64, 32])))
+    assert low - 1e-9 <= table.predict([48, 32]) <= high + 1e-9
+    assert all(t > 0 for t in table.layer_times([48, 20]))
+
+
+def test_the_table_is_cached_and_measured_again_when_a_setting_changes(monkeypatch):
+    first, _ = _cartpole_table()
+    measured = []
+    original = LatencyTable.measure.__func__
+
+    def counting(cls, *args, **kwargs):
+        measured.append(kwargs.get("batch_size", args[1] if len(args) > 1 else None))
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(LatencyTable, "measure", classmethod(counting))
+    again, _ = _cartpole_table()
+    assert measured == [] and again.base == first.base  # read back from the cache
+    _cartpole_table(batch_size=4)
+    assert len(measured) == 1
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1 if threads > 1 else 2)
+        _cartpole_table()
+    finally:
+        torch.set_num_threads(threads)
+    assert len(measured) == 2
+    with pytest.raises(ValueError, match="unknown latency engine"):
+        _cartpole_table(engine="tensorrt")
+
+
+@pytest.fixture
+def synthetic_table(monkeypatch):
+    """Tables whose entries follow a known cost (0.01 ms per input x output unit, 0.05 ms
+    per block): the clamp tests then do not depend on this machine's timing noise."""
+
+    def build(cls, pruner, name, batch_size=1, engine="torch", device=None, points=6, low=None, **_):
+        low = list(low) if low is not None else [1] * len(pruner.layers)
+        grids = [grid_widths(int(lo), int(u), 4) for lo, u in zip(low, pruner.units, strict=True)]
+        first_in = pruner.layers[0].in_units
+        blocks = [0.05 + 0.01 * np.outer(grids[i - 1] if i > 0 else [first_in], grids[i]) for i in range(len(grids))]
+        tail = 0.05 + 0.01 * grids[-1].astype(float)
+        return cls(grids, blocks, tail, {"batch_size": batch_size, "engine": engine, "device": "cpu",
+                                         "threads": torch.get_num_threads(), "points": 4, "repeats": 0})
+
+    monkeypatch.setattr(LatencyTable, "build", classmethod(build))
+
+
+@pytest.mark.parametrize("budget", [0.4, 0.7])
+def test_a_latency_budget_clamps_on_the_predicted_latency(budget, synthetic_table):
+    env = tiny_env("cartpole_policy", flops_budget=None, latency_budget=budget)
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        env.reset(seed=0)
+        done = False
+        while not done:
+            _, _, done, _, info = env.step(np.array([rng.uniform(0.1, 1.0)], dtype=np.float32))
+        report = info["report"]
+        assert report["latency_budget"] == budget
+        assert report["latency_ratio_predicted"] == pytest.approx(
+            env.latency_table.predict(report["keep_counts"]) / env.latency_table.base)
+        # one unit of the last layer is the finest step: 0.01 ms per unit of its 64 inputs
+        assert abs(report["latency_ratio_predicted"] - budget) <= 0.01 * 64 / env.latency_table.base
+        assert report["latency_table"]["batch_size"] == 1 and report["latency_table"]["engine"] == "torch"
+
+
+@pytest.mark.parametrize("name", ["uniform", "l1", "random"])
+def test_heuristics_meet_a_latency_budget(name, synthetic_table):
+    env = tiny_env("cartpole_policy", flops_budget=None, latency_budget=0.5)
+    report = run_episode(env, make_heuristic(name, env, seed=0), seed=0)
+    assert abs(report["latency_ratio_predicted"] - 0.5) <= 0.02
+    assert report["flops_ratio"] < 1.0
+
+
+def test_bad_latency_budgets_and_networks_give_clear_errors():
+    with pytest.raises(ValueError, match="either a flops_budget or a latency_budget"):
+        tiny_env("cartpole_policy", flops_budget=0.5, latency_budget=0.5)
+    with pytest.raises(ValueError, match="latency_budget must be in"):
+        tiny_env("cartpole_policy", flops_budget=None, latency_budget=1.5)
+    with pytest.raises(ValueError, match="the 'latency' reward needs a latency_budget"):
+        tiny_env("cartpole_policy", reward="latency")
+    pruner = make_pruner(CifarResNet(1).eval(), torch.zeros(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="latency tables cover sequential networks"):
+        LatencyTable.measure(pruner, show_progress=False)
