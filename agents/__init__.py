@@ -7,6 +7,9 @@ from prune_env.cli import UsageError
 from prune_env.env import PruningEnv
 from target_models import Target
 
+BUDGET_SETTINGS = ("flops_budget", "latency_budget", "latency_batch_size", "latency_engine", "round_to")
+"""What a run's own network must have been searched under to be replayed as it is (``run_best``)."""
+
 
 class UnknownPolicyError(UsageError):
     """A policy that is neither a heuristic's name nor a path that exists."""
@@ -70,13 +73,16 @@ def make_policy(name_or_path: str, target: Target, env_config: dict, seed: int =
     env = PruningEnv(target, **env_config, action_mode=action_mode_of(agent_file(name_or_path)[0]))
     run = saved_run(name_or_path)
     if run is not None:
-        trained = run["config"].get("env", {}).get("flops_budget")
+        trained_env = run["config"].get("env", {})
+        trained = {k: trained_env.get(k) for k in BUDGET_SETTINGS}
+        wanted = {k: env_config.get(k) for k in BUDGET_SETTINGS}
         report = run["report"]
-        if trained == env_config.get("flops_budget") and report.get("keep_ratios"):
+        if trained == wanted and report.get("keep_ratios"):
             name = run["config"].get("agent_kind", "agent")
             return env, FixedAllocation(env, report["keep_ratios"], name, report.get("kept_units")), "run_best"
-        print(f"warning: the agent in {name_or_path} was trained at a FLOPs budget of {trained}; applying its "
-              f"deterministic policy at {env_config.get('flops_budget')}", file=sys.stderr)
+        differ = ", ".join(f"{k} {trained[k]} (now {wanted[k]})" for k in BUDGET_SETTINGS if trained[k] != wanted[k])
+        print(f"warning: the agent in {name_or_path} was trained at another budget: {differ}; applying its "
+              "deterministic policy", file=sys.stderr)
     return env, load_agent(name_or_path, env), "deterministic"
 
 

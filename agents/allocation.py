@@ -1,4 +1,5 @@
-"""Allocations: one keep-ratio per layer that meets an environment's FLOPs budget.
+"""Allocations: one keep-ratio per layer that meets an environment's budget (on FLOPs, or
+on predicted latency: the env's ``cost``).
 
 Shared by the heuristics that plan an allocation up front and by the search agents.
 """
@@ -31,7 +32,7 @@ def global_threshold_allocation(env: PruningEnv, scores: list) -> np.ndarray:
 
 
 def meet_budget(env: PruningEnv | gym.Env, ratios: np.ndarray) -> np.ndarray:
-    """``ratios`` scaled together until their FLOPs meet the budget (from below), clipped
+    """``ratios`` scaled together until their cost (FLOPs or predicted latency) meets the budget (from below), clipped
     to [min_keep, 1]; only clipped when the environment has no budget."""
     base = env.unwrapped
     ratios = np.clip(np.asarray(ratios, dtype=np.float64), base.min_keep, 1.0)

@@ -1,7 +1,7 @@
 """Classic pruning heuristics as policies of the environment.
 
-Each plans all keep-ratios up front from the environment's statistics so that the FLOPs
-budget is met, then answers ``predict`` for whichever layer the observation describes.
+Each plans all keep-ratios up front from the environment's statistics so that the
+budget (FLOPs, or predicted latency) is met, then answers ``predict`` for whichever layer the observation describes.
 ``preferred_criterion`` names the unit criterion the heuristic is defined with; scripts
 build the environment with it (L1 keeps high-magnitude units, NGF high-activation ones).
 """
@@ -109,7 +109,7 @@ class RandomPolicy(HeuristicPolicy):
 
 
 class ScheduledNGF(PrunesInRounds):
-    """NGF reached over several rounds: prune to a FLOPs target that decays polynomially
+    """NGF reached over several rounds: prune to a FLOPs (or predicted-latency) target that decays polynomially
     towards the budget, ``target_k = B + (1 - B) * (1 - k / rounds) ** power``, re-measuring
     activations and fine-tuning briefly between rounds. Works on the environment's model,
     target and measurement, but not as a single episode (the network changes between rounds)."""
@@ -135,7 +135,7 @@ class ScheduledNGF(PrunesInRounds):
         env = self.env
         rounds = RoundPruner(env.model, env.target.example_input(), self.flops_targets(), env.pruner.calibration_inputs,
                              "activation", resource="flops", floor=env.min_counts, layer_types=env.pruner.extra_layer_types,
-                             round_counts=env.round_counts, cost=env.cost)
+                             round_counts=env.round_counts, cost=env.cost, keep_layers=env.target.keep_layers)
         for k in range(1, self.rounds + 1):
             model = rounds.step()
             if k < self.rounds and self.finetune_epochs > 0:

@@ -196,10 +196,9 @@ def find_network(env: PruningEnv, agent: str = "random_search", episodes: int = 
     """Run searcher ``agent`` for ``episodes`` episodes on ``env`` and return the best
     network it found (physically pruned, as the evaluation mode left it) and its episode
     record; ``scripts/train_agent.py`` does the same with checkpoints, reports and exports."""
-    kind = agent
-    if action_mode_of(kind) != env.action_mode:
-        raise ValueError(f"{kind} plays action_mode={action_mode_of(kind)!r}; build the env with it")
-    searcher = make_agent(kind, env, hparams, seed=seed)
+    if agent in AGENTS and action_mode_of(agent) != env.action_mode:
+        raise ValueError(f"{agent} plays action_mode={action_mode_of(agent)!r}; build the env with it")
+    searcher = make_agent(agent, env, hparams, seed=seed)  # an unknown name: a clear error here
     monitor = SearchMonitor(env, total_episodes=episodes, show_progress=show_progress)
     try:
         search(searcher, env, monitor, episodes)

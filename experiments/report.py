@@ -131,7 +131,9 @@ def format_report(report: dict) -> str:
          f"{report['latency_ms_pruned']:.3f}"),
     ]
     width = max(len(r[0]) for r in rows)
-    lines = [f"{report['target']} / {report['policy']} / seed {report['seed']} / budget {report['flops_budget']}"]
+    budget = (f"latency budget {report['latency_budget']}" if report.get("latency_budget") is not None
+              else f"budget {report['flops_budget']}")
+    lines = [f"{report['target']} / {report['policy']} / seed {report['seed']} / {budget}"]
     lines += [f"  {a:<{width}}  {b:>14}  {c}" for a, b, c in rows]
     lines.append(f"  keep-ratios: {', '.join(f'{r:.2f}' for r in report['keep_ratios'])}")
     lines.append(f"  search: {report['episodes']} episodes, {report['search_seconds']:.1f} s")

@@ -46,7 +46,8 @@ def sweep(target: Target, method: str, fractions: list[float], out: Path, finetu
     evaluate = target.evaluator("test")
     example = target.example_input()
     rounds = None if method == "magnitude" else RoundPruner(
-        base, example, [1 - f for f in fractions], target.calibration_inputs(512), CRITERION[method], resource="units")
+        base, example, [1 - f for f in fractions], target.calibration_inputs(512), CRITERION[method], resource="units",
+        keep_layers=target.keep_layers)
     base_metric = evaluate(base)
     rows = [{"fraction": 0.0, "metric": base_metric, "params": count_nonzero_params(base), "flops": count_flops(base, example)}]
     model = base

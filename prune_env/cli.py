@@ -189,6 +189,13 @@ def check_budget_reachable(target: Target, budget: float | None, min_keep: float
                          f"on {target.name}; choose a budget of at least {lowest:.3f} or a smaller min_keep")
 
 
+def refuse_latency_budget(config: dict, script: str) -> None:
+    """Scripts that work at FLOPs budgets only refuse a latency budget from any source."""
+    if config["env"].get("latency_budget") is not None:
+        raise UsageError(f"{script} works at FLOPs budgets; for a latency budget run train_agent.py or evaluate.py "
+                         "with --latency-budget (or drop env.latency_budget from the --config file)")
+
+
 RUN_FILES = ("checkpoint", "tensorboard", "config.json", "report.json", "pruned_model.pt")
 
 

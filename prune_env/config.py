@@ -87,7 +87,8 @@ class EnvConfig:
         from prune_env.latency import ENGINES
 
         _fail(self.reward == "budget" and self.flops_budget is None and self.latency_budget is None,
-              "env.flops_budget is null, but the budget reward needs one; set it or choose another env.reward")
+              "env.flops_budget and env.latency_budget are null, but the budget reward needs one; set one or "
+              "choose another env.reward")
         _fail(self.latency_budget is not None and not 0 < self.latency_budget <= 1,
               f"env.latency_budget must lie in (0, 1], got {self.latency_budget}")
         _fail(self.reward == "latency" and self.latency_budget is None,

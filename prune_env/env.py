@@ -66,7 +66,8 @@ class PruningEnv(gym.Env):
     the criterion picks which units stay. With a FLOPs budget the count is clamped to the
     range that keeps the budget reachable from above *and* below (AMC's
     resource-constrained mode), so every policy ends within 1% of the base FLOPs of the
-    budget (one unit of the last layer is the finest step).
+    budget (one unit of the last layer is the finest step; with ``round_to``, one rounding
+    step; with a ``latency_budget`` the same holds for predicted latency).
 
     With ``round_to=N`` every kept count is a multiple of N, or all the layer's units (a
     layer of fewer than N units keeps them all; AMC rounds to 8): a count is rounded to the

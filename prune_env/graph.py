@@ -89,9 +89,9 @@ def _output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
 class GraphPruner(BasePruner):
     """Prunes copies of any ``model`` whose coupled channels Torch-Pruning can trace.
 
-    ``keep_layers``: names of modules whose output channels must stay (default: the output
-    layer, the last convolution or linear layer a forward pass runs). ``model`` is never
-    modified.
+    The output layer (the last convolution or linear layer a forward pass runs) keeps its
+    units; ``keep_layers`` names more modules whose output channels must stay. ``model`` is
+    never modified.
     """
 
     def __init__(self, model: nn.Module, example: torch.Tensor, calibration_inputs: torch.Tensor | None = None,
@@ -100,8 +100,8 @@ class GraphPruner(BasePruner):
         self.example = example[:1]
         self.calibration_inputs = calibration_inputs
         names = {m: n for n, m in model.named_modules()}
-        keep = ([model.get_submodule(n) for n in keep_layers] if keep_layers is not None
-                else _output_layers(model, self.example))
+        keep = _output_layers(model, self.example)
+        keep += [m for m in (model.get_submodule(n) for n in keep_layers or ()) if m not in keep]
         dg = _dependency_graph(model, self.example)
         groups = []
         for group in dg.get_all_groups(ignored_layers=keep, root_module_types=(*_CONV, nn.Linear)):
@@ -127,10 +127,6 @@ class GraphPruner(BasePruner):
             raise ValueError("no prunable channels found: the network has no convolution or linear layer "
                              "besides its output layer")
         self.flop_model = GraphFlopModel(model, self.layers, self.example)
-
-    @property
-    def units(self) -> np.ndarray:
-        return self.flop_model.units
 
     @cached_property
     def stats(self) -> LayerStats:
@@ -165,10 +161,13 @@ class GraphPruner(BasePruner):
         counts: dict[str, int] = {}
 
         def hook(name):
+            unit_dim = -1 if isinstance(modules[name], nn.Linear) else 1  # features last, channels first
+
             def record(_module, _inputs, output):
                 a = output.detach().abs().double()
-                sums[name] = sums.get(name, 0) + a.sum(dim=[d for d in range(a.dim()) if d != 1]).cpu()
-                counts[name] = counts.get(name, 0) + a.numel() // a.shape[1]
+                dim = unit_dim % a.dim()
+                sums[name] = sums.get(name, 0) + a.sum(dim=[d for d in range(a.dim()) if d != dim]).cpu()
+                counts[name] = counts.get(name, 0) + a.numel() // a.shape[dim]
             return record
 
         handles = [modules[n].register_forward_hook(hook(n)) for n in watched]

@@ -9,11 +9,14 @@ its input width (layer ``i-1``'s kept units) and its output width (layer ``i``'s
 table times every block on a grid of widths, on the device, at one batch size, thread
 count and engine (PyTorch eager, or onnxruntime), and predicts an allocation's latency as
 the sum of its blocks' times, interpolated bilinearly between grid widths. At grid widths
-the prediction is exactly the sum of the table's entries.
+the prediction is exactly the sum of the table's entries. Each block's times are made
+non-decreasing in both widths (a running maximum), so that timing noise never makes a
+wider layer predict faster: the budget clamp needs a cost that rises with every count.
 
 A table is built once, with a progress bar, and cached under ``$PRUNE_ENV_HOME/latency``
-by target, architecture, device, batch size, threads and engine; a table measured with
-other settings is never reused.
+by target name, architecture (a hash of the module's printout and the example input's shape
+and dtype), widths, device, batch size, threads and engine; a table measured with other
+settings is never reused.
 """
 
 from __future__ import annotations
@@ -166,7 +169,10 @@ class LatencyTable:
                 tail[list(grids[-1]).index(a)] = ms
         settings = {"batch_size": batch_size, "engine": engine, "device": str(device),
                     "threads": torch.get_num_threads(), "points": points, "repeats": repeats}
-        return cls(grids, blocks, tail, settings)
+        # timing noise must not make a wider layer look faster: the clamp bisects on a cost
+        # that rises with every count, so each block's times are made non-decreasing
+        blocks = [np.maximum.accumulate(np.maximum.accumulate(b, axis=0), axis=1) for b in blocks]
+        return cls(grids, blocks, np.maximum.accumulate(tail), settings)
 
     @classmethod
     def build(cls, pruner: BasePruner, name: str, batch_size: int = 1, engine: str = "torch",
@@ -175,7 +181,9 @@ class LatencyTable:
         """The cached table of ``name``'s network for these settings, measured when none is."""
         device = torch.device(device) if device is not None else module_device(pruner.model)
         low = list(low) if low is not None else [1] * len(pruner.layers)
-        key = {"target": name, "units": [int(u) for u in pruner.units], "low": [int(x) for x in low],
+        architecture = f"{pruner.model}|{tuple(pruner.example.shape)}|{pruner.example.dtype}"
+        key = {"target": name, "architecture": hashlib.sha1(architecture.encode()).hexdigest()[:16],
+               "units": [int(u) for u in pruner.units], "low": [int(x) for x in low],
                "batch_size": batch_size, "engine": engine, "device": str(device),
                "threads": torch.get_num_threads(), "points": points}
         path = cache_path(key)

@@ -24,14 +24,10 @@ def log_flops_reward(metric: float, flops_ratio: float, flops: float) -> float:
     return -(1.0 - metric) * math.log(max(flops, 1.0))
 
 
-def latency_reward(metric: float, flops_ratio: float, flops: float) -> float:
-    """AMC's resource-constrained mode with time as the resource: accuracy at a hard budget
-    on predicted latency (the environment enforces the ``latency_budget``)."""
-    return metric
-
-
 REWARDS: dict[str, RewardFn] = {"budget": budget_reward, "tradeoff": tradeoff_reward, "log_flops": log_flops_reward,
-                                "latency": latency_reward}
+                                "latency": budget_reward}
+"""``latency`` is AMC's resource-constrained mode with time as the resource: accuracy at a hard
+budget on predicted latency, which the environment enforces (it needs a ``latency_budget``)."""
 
 
 def get_reward(name: str) -> RewardFn:

@@ -30,6 +30,8 @@ class RoundPruner:
     - ``round_counts``: maps planned unit counts to allowed ones (the env's ``round_to``).
     - ``cost``: what the ``flops`` resource measures from unit counts (default: FLOPs; the
       env's predicted latency under a latency budget).
+    - ``keep_layers``: modules whose units stay, for networks that are not sequential
+      (the target's ``keep_layers``).
 
     ``model`` is never modified; :attr:`model` is the network after the last step (the
     caller may fine-tune it in place between steps).
@@ -39,7 +41,7 @@ class RoundPruner:
                  calibration_inputs: torch.Tensor | None = None, criterion: str = "activation",
                  resource: str = "flops", floor: np.ndarray | None = None, layer_types: Iterable[LayerType] = (),
                  round_counts: Callable[[np.ndarray], np.ndarray] | None = None,
-                 cost: Callable[[np.ndarray], float] | None = None):
+                 cost: Callable[[np.ndarray], float] | None = None, keep_layers: Sequence[str] | None = None):
         if resource not in RESOURCES:
             raise ValueError(f"unknown resource {resource!r}; choose one of: {', '.join(RESOURCES)}")
         if not schedule or any(not 0.0 < float(f) <= 1.0 for f in schedule):
@@ -50,7 +52,8 @@ class RoundPruner:
         self.schedule, self.criterion, self.resource = [float(f) for f in schedule], criterion, resource
         self.layer_types = tuple(layer_types)
         self.round_counts = round_counts
-        original = make_pruner(model, example, calibration_inputs, self.layer_types)
+        self.keep_layers = keep_layers
+        original = make_pruner(model, example, calibration_inputs, self.layer_types, keep_layers)
         self.flop_model, self.units_total = original.flop_model, int(original.units.sum())
         self.cost = cost or original.flop_model.flops
         self.cost_base = float(self.cost(original.units))
@@ -64,7 +67,7 @@ class RoundPruner:
         if self.round >= len(self.schedule):
             raise RuntimeError(f"all {len(self.schedule)} rounds are done")
         keep = self.schedule[self.round]
-        pruner = make_pruner(self.model, self.example, self.calibration_inputs, self.layer_types)
+        pruner = make_pruner(self.model, self.example, self.calibration_inputs, self.layer_types, self.keep_layers)
         scores = pruner.stats.activation if self.criterion == "activation" else pruner.stats.l1
         counts_at = global_threshold_counts(scores)
         if self.round_counts is not None:

@@ -78,12 +78,12 @@ def table_errors(target, model, batches: list[int], n: int, engine: str, seed: i
     allocations = [[keep_count(rng.uniform(0.1, 1.0), int(u)) for u in pruner.units] for _ in range(n)]
     rows = []
     for batch in batches:
-        table = LatencyTable.build(pruner, target.name, batch, engine, low=low)
+        table = LatencyTable.build(pruner, target.name, batch, engine, target.device, low=low)
         x = target.example_input(batch)
-        for i, counts in enumerate([list(pruner.units), *allocations]):
+        for i, counts in enumerate([[int(u) for u in pruner.units], *allocations]):
             pruned = pruner.prune_indices([torch.arange(c) for c in counts])
             if engine == "torch":
-                measured = measure_latency(pruned, x)["ms"]
+                measured = measure_latency(pruned, x, device=target.device)["ms"]
             else:
                 with tempfile.TemporaryDirectory() as tmp:
                     export_onnx(pruned, target.example_input(2), Path(tmp) / "m.onnx")

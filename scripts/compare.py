@@ -25,6 +25,7 @@ from prune_env.cli import (
     evaluation_overrides,
     make_parser,
     parse_fractions,
+    refuse_latency_budget,
     run_main,
     target_from_args,
 )
@@ -88,11 +89,9 @@ def main() -> None:
     overrides = {"env": {"val_size": args.val_size, **evaluation_overrides(args)},
                  "search": {"episodes": args.episodes, "reselect_top": args.reselect_top},
                  "evaluate": {"finetune_epochs": args.finetune_epochs}}
-    if args.latency_budget is not None:
-        raise UsageError("compare.py compares at FLOPs budgets"
-                         "; for a latency budget run train_agent.py or evaluate.py with --latency-budget")
     config = load_config(args.target, config_file=args.config, overrides=overrides)
     agent_configs = {a: load_config(args.target, a, args.config, overrides) for a in agents}
+    refuse_latency_budget(config, "compare.py")
     target = target_from_args(args)
     check_budget_reachable(target, min(budgets), config["env"]["min_keep"], flag="--flops-budgets", round_to=config["env"].get("round_to"))
     compare(target, config, budgets, list(range(args.seeds)), out, heuristics=heuristics,

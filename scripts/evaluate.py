@@ -67,6 +67,8 @@ def main() -> None:
              **evaluation_overrides(args)}
     run = saved_run(args.policy)  # a run folder: its own settings, unless a flag says otherwise
     run_env = {k: v for k, v in (run["config"].get("env", {}) if run else {}).items() if k in flags}
+    if args.flops_budget is not None or args.latency_budget is not None:  # the flag's budget, of either kind
+        run_env = {k: v for k, v in run_env.items() if k not in ("flops_budget", "latency_budget")}
     config = load_config(args.target, config_file=args.config, overrides={
         "env": {**run_env, **{k: v for k, v in flags.items() if v is not None}},
         "evaluate": {"finetune_epochs": args.finetune_epochs},

@@ -28,6 +28,7 @@ from prune_env.cli import (
     check_out_folder,
     evaluation_overrides,
     make_parser,
+    refuse_latency_budget,
     run_main,
     target_from_args,
 )
@@ -73,14 +74,12 @@ def main() -> None:
     criteria = tuple(c for c in args.criteria.split(",") if c)
     if set(criteria) - set(CRITERIA):
         raise UsageError(f"unknown criteria {sorted(set(criteria) - set(CRITERIA))}; choose from {', '.join(CRITERIA)}")
-    if args.latency_budget is not None:
-        raise UsageError("proxy_fidelity.py measures at a FLOPs budget"
-                         "; for a latency budget run train_agent.py or evaluate.py with --latency-budget")
     config = load_config(args.target, config_file=args.config, overrides={
         "env": {"val_size": args.val_size, **evaluation_overrides(args)},
         "evaluate": {"finetune_epochs": args.finetune_epochs}})
     if not config["evaluate"]["finetune_epochs"] > 0:
         raise UsageError("--finetune-epochs must be above 0: the fine-tuned metric is the ground truth")
+    refuse_latency_budget(config, "proxy_fidelity.py")
     target = target_from_args(args)
     check_budget_reachable(target, args.flops_budget, config["env"]["min_keep"],
                            round_to=config["env"].get("round_to"))

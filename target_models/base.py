@@ -102,6 +102,14 @@ class Target(ABC):
     ) -> dict:
         """Train from scratch (or resume) and write the checkpoint; returns its metadata."""
 
+    def pruner_for(self, model: nn.Module):
+        """The pruner of one of this target's networks (:func:`prune_env.pruner.make_pruner`,
+        with the target's ``keep_layers``): for widths and architectures of networks that
+        are not sequential."""
+        from prune_env.pruner import make_pruner
+
+        return make_pruner(model.eval(), self.example_input(), keep_layers=self.keep_layers)
+
     @property
     def checkpoint_path(self) -> Path:
         """The checkpoint to load: ``checkpoint`` when given, else

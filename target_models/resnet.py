@@ -84,18 +84,13 @@ class ResidualCifar10(Cifar10Target):
 
     @cached_property
     def default_widths(self) -> tuple[int, ...]:
-        from prune_env.pruner import make_pruner
-
-        return tuple(int(u) for u in make_pruner(self.build_network().eval(), self.example_input(),
-                                                 keep_layers=self.keep_layers).units)
+        return tuple(int(u) for u in self.pruner_for(self.build_network()).units)
 
     def build_model(self, widths=None):
         model = self.build_network()
         if widths is None or tuple(int(w) for w in widths) == self.default_widths:
             return model
-        from prune_env.pruner import make_pruner
-
-        return make_pruner(model.eval(), self.example_input(), keep_layers=self.keep_layers).shape_of(widths).train()
+        return self.pruner_for(model).shape_of(widths).train()
 
 
 class Resnet56Cifar10(ResidualCifar10):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import inspect
 from collections.abc import Callable, Sequence
+from functools import cached_property
 
 import torch
 from torch import nn
@@ -28,7 +29,7 @@ class ModelTarget(Target):
       it, fine-tuning and the ``finetune`` mode raise an error that says so.
     - ``calibration_inputs``: training inputs for activation statistics (the ``activation``
       criterion, observations) and for re-estimating batch norm (``adaptive_bn``).
-    - ``keep_layers``: names of modules whose output units must stay (default: the output layer).
+    - ``keep_layers``: names of more modules whose output units must stay (the output layer always does).
     """
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor, evaluate: Evaluator, *,
@@ -44,7 +45,7 @@ class ModelTarget(Target):
         if finetune is not None and not {"epochs", "steps"} <= set(inspect.signature(finetune).parameters):
             raise TypeError("finetune must take the model and the keywords epochs and steps: "
                             "finetune(model, epochs=1.0, steps=None)")
-        self._model = model.cpu().eval()
+        self._model = copy.deepcopy(model).cpu().eval()  # yours is left where and as it is
         self._example = example_input.cpu()
         self._evaluate, self._test_evaluate = evaluate, test_evaluate or evaluate
         self._finetune = finetune
@@ -52,20 +53,16 @@ class ModelTarget(Target):
         self.keep_layers = tuple(keep_layers) if keep_layers is not None else None
         self.name, self.metric_name, self.metric_scale = name, metric_name, float(metric_scale)
 
-    @property
+    @cached_property
     def default_widths(self) -> tuple[int, ...]:
-        from prune_env.pruner import make_pruner
-
-        return tuple(int(u) for u in make_pruner(self._model, self._example, keep_layers=self.keep_layers).units)
+        return tuple(int(u) for u in self.pruner_for(self._model).units)
 
     def build_model(self, widths: Sequence[int] | None = None) -> nn.Module:
         """A copy of your network (with its weights); with ``widths``, the architecture of
         a pruned copy with those units per layer (to load a saved pruned state dict into)."""
         if widths is None:
             return copy.deepcopy(self._model)
-        from prune_env.pruner import make_pruner
-
-        return make_pruner(self._model, self._example, keep_layers=self.keep_layers).shape_of(widths)
+        return self.pruner_for(self._model).shape_of(widths)
 
     def load_pretrained(self) -> nn.Module:
         return self._model

@@ -192,3 +192,24 @@ def test_the_readme_flow_for_your_own_torchvision_model_runs_as_it_stands(tmp_pa
     assert count_params(pruned) < count_params(model)
     assert count_flops(pruned, torch.zeros(1, 3, 32, 32)) == pytest.approx(record["flops_pruned"], rel=1e-3)
     assert (tmp_path / "pruned.onnx").exists()
+
+
+def test_keep_layers_stay_whole_besides_the_output_layer_and_rounds_respect_them():
+    from agents.heuristics import make_heuristic
+    from prune_env import PruningEnv
+    from target_models import ModelTarget
+
+    torch.manual_seed(0)
+    net = _randomised(ConcatNet())
+    x = torch.randn(8, 3, 32, 32)
+    target = ModelTarget(net, x[:1], lambda m: float(m.eval()(x).argmax(1).float().mean()), calibration_inputs=x,
+                         keep_layers=["a.0"])
+    env = PruningEnv(target, flops_budget=0.6, val_size=None)
+    names = [g.name for g in env.layers]
+    assert "a.0" not in names and "head" not in names and names
+    policy = make_heuristic("ngf_scheduled", env)
+    policy.finetune_epochs = 0.0
+    model, report = policy.run()
+    assert model.a[0].out_channels == 6 and model.head.out_features == 4
+    assert abs(report["flops_ratio"] - 0.6) <= 0.05
+    assert next(net.parameters()).requires_grad  # the caller's network is untouched
