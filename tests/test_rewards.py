@@ -26,9 +26,10 @@ def test_fewer_flops_and_higher_metric_both_pay():
 
 
 def test_unknown_reward_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="budget, tradeoff, log_flops"):
+    with pytest.raises(ValueError, match="budget, tradeoff, log_flops, latency"):
         get_reward("speed")
-    assert set(REWARDS) == {"budget", "tradeoff", "log_flops"}
+    assert set(REWARDS) == {"budget", "tradeoff", "log_flops", "latency"}
+    assert REWARDS["latency"] is REWARDS["budget"]  # the budget form, enforced on predicted latency
 
 
 @pytest.mark.parametrize("weight", [0.0, 0.3])
