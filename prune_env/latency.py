@@ -12,6 +12,9 @@ the sum of its blocks' times, interpolated bilinearly between grid widths. At gr
 the prediction is exactly the sum of the table's entries. Each block's times are made
 non-decreasing in both widths (a running maximum), so that timing noise never makes a
 wider layer predict faster: the budget clamp needs a cost that rises with every count.
+Blocks timed alone miss what runs between them, so the whole network is also timed at the
+grid's smallest and full widths, and every entry is mapped linearly (scale, and a shift
+on the tail) so that the table predicts those two timings exactly.
 
 A table is built once, with a progress bar, and cached under ``$PRUNE_ENV_HOME/latency``
 by target name, architecture (a hash of the module's printout and the example input's shape
@@ -172,7 +175,19 @@ class LatencyTable:
         # timing noise must not make a wider layer look faster: the clamp bisects on a cost
         # that rises with every count, so each block's times are made non-decreasing
         blocks = [np.maximum.accumulate(np.maximum.accumulate(b, axis=0), axis=1) for b in blocks]
-        return cls(grids, blocks, np.maximum.accumulate(tail), settings)
+        table = cls(grids, blocks, np.maximum.accumulate(tail), settings)
+        # blocks timed alone miss what runs between them (and a noisy cell lifts its wider
+        # neighbours): the whole network is timed at the grid's smallest and full widths and
+        # the entries are mapped linearly onto those two timings
+        anchors = [np.array([int(g[0]) for g in grids]), units.copy()]
+        measured = [timer(pruner.prune_indices([torch.arange(int(c)) for c in counts]), example) for counts in anchors]
+        predicted = [table.predict(counts) for counts in anchors]
+        if predicted[1] > predicted[0] and measured[1] > measured[0]:
+            scale = (measured[1] - measured[0]) / (predicted[1] - predicted[0])
+            shift = measured[1] - scale * predicted[1]
+            settings["calibration"] = {"scale": scale, "shift_ms": shift, "anchors_ms": measured}
+            table = cls(grids, [b * scale for b in table.blocks], table.tail * scale + shift, settings)
+        return table
 
     @classmethod
     def build(cls, pruner: BasePruner, name: str, batch_size: int = 1, engine: str = "torch",

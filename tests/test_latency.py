@@ -32,7 +32,11 @@ def test_the_unpruned_prediction_is_the_sum_of_the_tables_entries_and_grid_point
     # between grid widths the prediction lies between its neighbours' (bilinear weights)
     low, high = sorted((table.predict([32, 32]), table.predict([64, 32])))
     assert low - 1e-9 <= table.predict([48, 32]) <= high + 1e-9
-    assert all(t > 0 for t in table.layer_times([48, 20]))
+    calibration = table.settings.get("calibration")
+    if calibration is not None:  # the whole network's two timings are predicted exactly
+        assert table.predict([1, 1]) == pytest.approx(calibration["anchors_ms"][0])
+        assert table.base == pytest.approx(calibration["anchors_ms"][1])
+    assert table.predict([48, 20]) > 0
 
 
 def test_the_table_is_cached_and_measured_again_when_a_setting_changes(monkeypatch):
