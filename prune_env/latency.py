@@ -144,10 +144,9 @@ class LatencyTable:
         if not isinstance(pruner, Pruner):
             raise ValueError("latency tables cover sequential networks (nn.Sequential targets); this network is "
                              "pruned through a dependency graph")
-        device = torch.device(device) if device is not None else module_device(pruner.model)
+        device, low = _device_and_low(pruner, device, low)
         timer = _Timer(engine, device, repeats)
         layers, units = pruner.layers, pruner.units
-        low = list(low) if low is not None else [1] * len(layers)
         grids = [grid_widths(int(lo), int(u), points) for lo, u in zip(low, units, strict=True)]
         example = pruner.example.repeat(batch_size, *([1] * (pruner.example.dim() - 1)))
         # block i runs modules bounds[i]..bounds[i+1]-1 (block 0 from the input); the tail last
@@ -194,8 +193,7 @@ class LatencyTable:
               device: torch.device | str | None = None, points: int = 6, low: Sequence[int] | None = None,
               show_progress: bool = True, cache: bool = True) -> LatencyTable:
         """The cached table of ``name``'s network for these settings, measured when none is."""
-        device = torch.device(device) if device is not None else module_device(pruner.model)
-        low = list(low) if low is not None else [1] * len(pruner.layers)
+        device, low = _device_and_low(pruner, device, low)
         architecture = f"{pruner.model}|{tuple(pruner.example.shape)}|{pruner.example.dtype}"
         key = {"target": name, "architecture": hashlib.sha1(architecture.encode()).hexdigest()[:16],
                "units": [int(u) for u in pruner.units], "low": [int(x) for x in low],
@@ -222,6 +220,12 @@ class LatencyTable:
     def from_dict(cls, saved: dict) -> LatencyTable:
         return cls([np.array(g, dtype=np.int64) for g in saved["grids"]], [np.array(b) for b in saved["blocks"]],
                    np.array(saved["tail"]), saved["settings"])
+
+
+def _device_and_low(pruner: BasePruner, device, low) -> tuple[torch.device, list[int]]:
+    """Where to time (default: where the model is) and each layer's smallest grid width (default 1)."""
+    device = torch.device(device) if device is not None else module_device(pruner.model)
+    return device, list(low) if low is not None else [1] * len(pruner.layers)
 
 
 def cache_path(key: dict) -> Path:

@@ -54,7 +54,7 @@ class RoundPruner:
         self.round_counts = round_counts
         self.keep_layers = keep_layers
         original = make_pruner(model, example, calibration_inputs, self.layer_types, keep_layers)
-        self.flop_model, self.units_total = original.flop_model, int(original.units.sum())
+        self.units_total = int(original.units.sum())
         self.cost = cost or original.flop_model.flops
         self.cost_base = float(self.cost(original.units))
         self.floor = np.ones_like(original.units) if floor is None else np.asarray(floor)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from agents.allocation import play_allocation
 from agents.base import run_episode
 from agents.heuristics import make_heuristic
 from prune_env.latency import LatencyTable, grid_widths
@@ -86,11 +87,7 @@ def test_a_latency_budget_clamps_on_the_predicted_latency(budget, synthetic_tabl
     env = tiny_env("cartpole_policy", flops_budget=None, latency_budget=budget)
     rng = np.random.default_rng(0)
     for _ in range(10):
-        env.reset(seed=0)
-        done = False
-        while not done:
-            _, _, done, _, info = env.step(np.array([rng.uniform(0.1, 1.0)], dtype=np.float32))
-        report = info["report"]
+        report = play_allocation(env, rng.uniform(0.1, 1.0, env.n_layers), seed=0)
         assert report["latency_budget"] == budget
         assert report["latency_ratio_predicted"] == pytest.approx(
             env.latency_table.predict(report["keep_counts"]) / env.latency_table.base)

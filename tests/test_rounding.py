@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from agents.allocation import play_allocation
 from agents.base import run_episode
 from agents.heuristics import HEURISTICS, make_heuristic
 from prune_env import PruningEnv
@@ -35,11 +36,7 @@ def test_any_actions_land_on_the_budget_with_rounded_counts(budget):
     env = tiny_env("cartpole_policy", flops_budget=budget, round_to=8)
     rng = np.random.default_rng(0)
     for _ in range(20):
-        env.reset(seed=0)
-        done = False
-        while not done:
-            _, _, done, _, info = env.step(np.array([rng.uniform(0.1, 1.0)], dtype=np.float32))
-        report = info["report"]
+        report = play_allocation(env, rng.uniform(0.1, 1.0, env.n_layers), seed=0)
         assert _rounded(report["keep_counts"], env.units, 8)
         assert report["round_to"] == 8
         # a step of 8 units of a 64-wide layer moves FLOPs by about 1/8 of a layer's share
