@@ -14,6 +14,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -152,3 +153,17 @@ def measure_latency(model: nn.Module, example: torch.Tensor, repeats: int = 20, 
         ms = median_ms(forward, repeats, warmup)
     return {"ms": ms, "batch_size": int(example.shape[0]), "device": str(device),
             "threads": torch.get_num_threads(), "repeats": repeats, "mixed_precision": mixed_precision}
+
+
+def onnx_latency(path: str | Path, example: torch.Tensor, repeats: int = 20, warmup: int = 3,
+                 warmup_seconds: float = 0.2) -> float:
+    """Median ms of onnxruntime (CPU, as many intra-op threads as torch uses) running the
+    ONNX file at ``path`` (input named ``input``, as :func:`prune_env.export.export_onnx`
+    writes it) on ``example``."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {"input": example.numpy()}
+    return median_ms(lambda: session.run(None, feed), repeats, warmup, warmup_seconds)

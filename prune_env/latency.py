@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from prune_env.cost import median_ms
+from prune_env.cost import median_ms, onnx_latency
 from prune_env.pruner import BasePruner, Pruner
 from target_models.checkpoints import home_dir
 from target_models.device import module_device, on_device, to_device
@@ -89,18 +89,12 @@ class _Timer:
             return median_ms(forward, self.repeats, warmup=3, warmup_seconds=0.05)
 
     def _onnx(self, module: nn.Module, x: torch.Tensor) -> float:
-        import onnxruntime as ort
-
         from prune_env.export import export_onnx
 
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "block.onnx"
             export_onnx(module, x, path)
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = torch.get_num_threads()
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        feed = {"input": x.numpy()}
-        return median_ms(lambda: session.run(None, feed), self.repeats, warmup=3, warmup_seconds=0.05)
+            return onnx_latency(path, x, self.repeats, warmup=3, warmup_seconds=0.05)
 
 
 class LatencyTable:

@@ -31,19 +31,9 @@ from prune_env.cli import (
     run_main,
     target_from_args,
 )
-from prune_env.cost import measure_latency, median_ms
+from prune_env.cost import measure_latency, onnx_latency
 from prune_env.env import PruningEnv
 from prune_env.export import export_onnx
-
-
-def onnx_latency(path: Path, example: torch.Tensor, repeats: int = 20, warmup: int = 3) -> float:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feed = {"input": example.numpy()}
-    return median_ms(lambda: session.run(None, feed), repeats, warmup)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,167 @@
+"""Latency-aware against FLOPs-aware pruning at one measured-latency target (issue 14).
+
+For every batch size, latency budget and seed, four networks, each in its own run folder:
+
+- ``uniform``: one keep-ratio for every layer, fitted to the latency budget by the table;
+- ``flops_search``: the searcher at the FLOPs budget the ``uniform`` network needed (the
+  FLOPs that meet the latency target when every layer is cut alike);
+- ``flops_search_matched``: the searcher at that FLOPs budget scaled by the budget over
+  ``flops_search``'s predicted latency ratio (one secant step), so that the FLOPs-aware
+  search lands near the latency target too and the two are compared at equal latency;
+- ``latency_search``: the same searcher at the latency budget;
+- ``latency_search_rN``: the latency search with ``round_to=N``.
+
+Each is fine-tuned with the target's standard fine-tune and measured on the test split. A
+folder with a ``report.json`` is done and skipped, so an interrupted run resumes. Then the
+unpruned network and every pruned one are timed, interleaved over several rounds in one
+process, in PyTorch and in onnxruntime (:func:`time_networks`).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from agents import make_heuristic
+from agents.base import prune_with
+from experiments.report import final_report, write_report
+from experiments.train import TrainRun, train_and_report
+from prune_env.cost import measure_latency, onnx_latency
+from prune_env.env import PruningEnv, lowest_flops_ratio
+from prune_env.export import export_onnx, load_pruned, save_pruned
+from target_models import Target
+
+ARMS = ("uniform", "flops_search", "flops_search_matched", "latency_search", "latency_search_round")
+
+
+def arm_name(arm: str, round_to: int) -> str:
+    return f"latency_search_r{round_to}" if arm == "latency_search_round" else arm
+
+
+def arm_env(config: dict, arm: str, budget: float, batch: int, flops_budget: float | None, round_to: int) -> dict:
+    """The env section of one arm: a latency budget at ``batch``, or (``flops_search``) the
+    FLOPs budget ``flops_budget``."""
+    env = {**config["env"], "latency_batch_size": batch, "round_to": None}
+    if arm.startswith("flops_search"):
+        return {**env, "flops_budget": flops_budget, "latency_budget": None}
+    env.update(flops_budget=None, latency_budget=budget)
+    if arm == "latency_search_round":
+        env["round_to"] = round_to
+    return env
+
+
+def run_uniform(target: Target, config: dict, out: Path, seed: int, show_progress: bool) -> dict:
+    """The uniform heuristic at the arm's budget, fine-tuned, measured and saved like a search run."""
+    env = PruningEnv(target, **config["env"])
+    started = time.perf_counter()
+    model, record, episodes = prune_with(env, make_heuristic("uniform", env, seed=seed), seed)
+    report, finetuned = final_report(env, model, record, policy="uniform", seed=seed,
+                                     search_seconds=time.perf_counter() - started, episodes=episodes,
+                                     finetune_epochs=config["evaluate"]["finetune_epochs"],
+                                     latency_batch_size=config["evaluate"]["latency_batch_size"],
+                                     show_progress=show_progress)
+    save_pruned(out / "pruned_model.pt", finetuned, env.pruner.widths_of(finetuned), target=target,
+                meta={"keep_ratios": report["keep_ratios"], "metric_finetuned": report["metric_finetuned"]})
+    write_report(out, report, {**config, "target": target.name, "seed": seed})
+    return report
+
+
+def run_arms(target: Target, config: dict, agent: str, budgets: list[float], batches: list[int], seeds: list[int],
+             out: Path, round_to: int = 8, show_progress: bool = False) -> list[dict]:
+    """Every arm at every batch size, budget and seed (finished run folders are kept as they
+    are); returns one entry per run (``folder``, ``arm``, ``batch``, ``budget``). ``config``
+    is the agent's resolved configuration."""
+    runs = []
+    for batch in batches:
+        for budget in budgets:
+            for seed in seeds:
+                flops_budget, latency_env = None, None
+                for arm in ARMS:
+                    name = arm_name(arm, round_to)
+                    folder = out / f"batch{batch}" / f"latency{budget}" / f"{name}-s{seed}"
+                    runs.append({"folder": folder, "arm": name, "batch": batch, "budget": budget})
+                    run_config = {**config, "env": arm_env(config, arm, budget, batch, flops_budget, round_to),
+                                  "evaluate": {**config["evaluate"], "latency_batch_size": batch}}
+                    if (folder / "report.json").is_file():
+                        report = json.loads((folder / "report.json").read_text())
+                    else:
+                        folder.mkdir(parents=True, exist_ok=True)
+                        print(f"{target.name} batch {batch}, latency budget {budget}, seed {seed}: {name}")
+                        if arm == "uniform":
+                            report = run_uniform(target, run_config, folder, seed, show_progress)
+                        else:
+                            report = train_and_report(TrainRun(target=target, agent=agent, config=run_config,
+                                                               out=folder, seed=seed, export=False, baselines=(),
+                                                               show_progress=show_progress))
+                        print(f"  test {report['metric_finetuned']:.4f} after fine-tuning, FLOPs ratio "
+                              f"{report['flops_ratio']:.3f}")
+                    if arm == "uniform":
+                        flops_budget = float(report["flops_ratio"])
+                    elif arm.startswith("flops_search"):  # its latency, as the table predicts it
+                        latency_env = latency_env or PruningEnv(target, **arm_env(config, "uniform", budget, batch,
+                                                                                 None, round_to))
+                        predicted = latency_env.latency_table.predict(report["keep_counts"]) / latency_env.cost_base
+                        runs[-1]["predicted_ratio"] = predicted
+                        if arm == "flops_search":  # one secant step towards the latency target
+                            lowest = lowest_flops_ratio(target, config["env"]["min_keep"]) * 1.001
+                            flops_budget = float(np.clip(flops_budget * budget / predicted, lowest, 1.0))
+    return runs
+
+
+def time_networks(target: Target, runs: list[dict], rounds: int = 5, repeats: int = 20) -> pd.DataFrame:
+    """Measured latency (ms) of the unpruned network and of every run's pruned network at the
+    run's batch size, in PyTorch (eager) and onnxruntime: the median over ``rounds`` rounds,
+    each timing every network once (median of ``repeats`` warm runs), so that drift of the
+    machine hits every network alike. One row per run."""
+    import torch
+
+    base = target.load_pretrained().eval()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for batch in sorted({run["batch"] for run in runs}):
+            x = target.example_input(batch)
+            batch_runs = [run for run in runs if run["batch"] == batch]
+            models = [base, *(load_pruned(run["folder"] / "pruned_model.pt", target) for run in batch_runs)]
+            paths = [Path(tmp) / f"{batch}-{i}.onnx" for i in range(len(models))]
+            for model, path in zip(models, paths, strict=True):
+                export_onnx(model, target.example_input(2), path)
+            times = np.zeros((rounds, len(models), 2))
+            with torch.no_grad():
+                for r in range(rounds):
+                    for i, (model, path) in enumerate(zip(models, paths, strict=True)):
+                        times[r, i, 0] = measure_latency(model, x, repeats=repeats)["ms"]
+                        times[r, i, 1] = onnx_latency(path, x, repeats=repeats)
+            ms = np.median(times, axis=0)
+            for i, run in enumerate(batch_runs, start=1):
+                report = json.loads((run["folder"] / "report.json").read_text())
+                row = {"batch": batch, "latency_budget": run["budget"], "policy": run["arm"], "seed": report["seed"],
+                       "metric_pruned": report["metric_pruned"], "metric_finetuned": report["metric_finetuned"],
+                       "flops_ratio": report["flops_ratio"],
+                       "predicted_ratio": run.get("predicted_ratio", report.get("latency_ratio_predicted")), "keep_counts": report["keep_counts"]}
+                for j, engine in enumerate(("torch", "onnxruntime")):
+                    row[f"{engine}_base_ms"] = round(float(ms[0, j]), 3)
+                    row[f"{engine}_ms"] = round(float(ms[i, j]), 3)
+                    row[f"{engine}_ratio"] = round(float(ms[i, j] / ms[0, j]), 4)
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summarize(table: pd.DataFrame) -> pd.DataFrame:
+    """Means over seeds per batch size, budget and arm; ``within_5pct`` counts the runs whose
+    measured PyTorch latency lies within 5% of the budget."""
+    t = table.copy()
+    t["within_5pct"] = (t["torch_ratio"] / t["latency_budget"] - 1).abs() <= 0.05
+    grouped = t.groupby(["batch", "latency_budget", "policy"], sort=False)
+    result = grouped.agg(seeds=("seed", "count"), metric_finetuned=("metric_finetuned", "mean"),
+                         metric_finetuned_std=("metric_finetuned", "std"), flops_ratio=("flops_ratio", "mean"),
+                         predicted_ratio=("predicted_ratio", "mean"), torch_ratio=("torch_ratio", "mean"),
+                         onnxruntime_ratio=("onnxruntime_ratio", "mean"), within_5pct=("within_5pct", "sum"))
+    result = result.reset_index()
+    result["torch_speedup"] = (1 / result["torch_ratio"]).round(2)
+    result["onnxruntime_speedup"] = (1 / result["onnxruntime_ratio"]).round(2)
+    return result.round(4)

@@ -1,0 +1,88 @@
+"""Latency-aware against FLOPs-aware pruning at the same measured-latency target.
+
+    python scripts/latency_compare.py --target cnn_cifar10 --latency-budgets 0.5,0.3 --batch-sizes 1,64 \\
+        [--agent random_search] [--episodes 100] [--seeds 1] [--round-to 8] --out results/latency-cnn
+
+For every batch size, latency budget (a fraction of the unpruned network's latency at that
+batch, predicted by the per-layer latency table) and seed it builds four networks: uniform
+pruning fitted to the budget, the searcher at the FLOPs that uniform pruning needed, the
+searcher at the latency budget, and the same with --round-to. Each is fine-tuned (the
+target's standard fine-tune) and tested; then all of them and the unpruned network are timed
+in PyTorch and onnxruntime, interleaved in one process. Writes OUT/runs.csv (one row per
+network), OUT/results.csv and OUT/results.md. Every searcher gets the same --episodes.
+Started again with the same --out, it skips the networks already built.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from agents.search import AGENTS
+from experiments.latency_compare import run_arms, summarize, time_networks
+from prune_env.cli import (
+    UsageError,
+    add_target_arguments,
+    check_at_least,
+    make_parser,
+    parse_counts,
+    parse_fractions,
+    run_main,
+    target_from_args,
+)
+from prune_env.config import load_config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser(__doc__)
+    add_target_arguments(parser)
+    parser.add_argument("--latency-budgets", default="0.5,0.3",
+                        help="fractions of the unpruned latency to keep, each in (0, 1], separated by commas")
+    parser.add_argument("--batch-sizes", default="1,64", help="batch sizes of the latency budget, separated by commas")
+    parser.add_argument("--agent", default="random_search", choices=list(AGENTS), help="the searcher of every search")
+    parser.add_argument("--episodes", type=int, default=None, help="episodes of every search (default: the config)")
+    parser.add_argument("--seeds", type=int, default=1, help="runs per arm, with seeds 0..N-1")
+    parser.add_argument("--round-to", type=int, default=8, metavar="N", help="rounding of the rounded latency search")
+    parser.add_argument("--finetune-epochs", type=float, default=None,
+                        help="fine-tuning before the test split (default: the target's config)")
+    parser.add_argument("--val-size", type=int, default=None,
+                        help="validation examples per measurement (default: the target's config)")
+    parser.add_argument("--timing-rounds", type=int, default=5,
+                        help="rounds of timing every network (the median is reported)")
+    parser.add_argument("--config", default=None, help="a YAML file overriding the packaged configs")
+    parser.add_argument("--out", required=True, help="folder for the run folders and the tables")
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    budgets = parse_fractions(args.latency_budgets, "--latency-budgets")
+    batches = parse_counts(args.batch_sizes, "--batch-sizes")
+    for flag, value, least in (("--episodes", args.episodes, 1), ("--seeds", args.seeds, 1),
+                               ("--round-to", args.round_to, 2), ("--finetune-epochs", args.finetune_epochs, 0),
+                               ("--val-size", args.val_size, 1), ("--timing-rounds", args.timing_rounds, 1)):
+        check_at_least(flag, value, least)
+    overrides = {"env": {"val_size": args.val_size}, "search": {"episodes": args.episodes},
+                 "evaluate": {"finetune_epochs": args.finetune_epochs}}
+    config = load_config(args.target, args.agent, args.config, overrides)
+    target = target_from_args(args)
+    if not target.has_checkpoint():
+        raise UsageError(f"{target.name} has no pretrained checkpoint ({target.checkpoint_path}); run "
+                         f"python scripts/pretrain.py --target {target.name} first, or pass --checkpoint")
+    out = Path(args.out)
+    runs = run_arms(target, config, args.agent, budgets, batches, list(range(args.seeds)), out, args.round_to)
+    print("timing every network (PyTorch and onnxruntime)...")
+    table = time_networks(target, runs, rounds=args.timing_rounds)
+    table.to_csv(out / "runs.csv", index=False)
+    results = summarize(table)
+    results.to_csv(out / "results.csv", index=False)
+    header = (f"Target `{target.name}`, {args.agent} with {config['search']['episodes']} episodes per search, "
+              f"fine-tuned {config['evaluate']['finetune_epochs']} epoch(s); measured latency ratios are "
+              f"pruned / unpruned at the budget's batch size.\n\n")
+    (out / "results.md").write_text(header + results.to_markdown(index=False) + "\n")
+    print((out / "results.md").read_text())
+    print(f"wrote {out}/runs.csv, results.csv, results.md")
+
+
+if __name__ == "__main__":
+    run_main(main)
