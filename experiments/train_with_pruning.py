@@ -37,6 +37,10 @@ DATASETS = {  # source, mean, std, augment
     "cifar10": (CIFAR10, CIFAR10_MEAN, CIFAR10_STD, True),
 }
 MODELS = ("mlp", "lenet5", "cnn")
+METRICS = {"supervised": ("test_accuracy", "test accuracy"),
+           "rl": ("mean_return_last_100", "mean return (last 100 episodes)"),
+           "td3": ("final_return", "mean return (last 10 evaluations)")}
+"""Task -> (the results.json key of its final metric, its name on plots)."""
 
 
 @dataclass
@@ -306,7 +310,7 @@ def load_runs(root: Path, task: str) -> pd.DataFrame:
     rows = []
     for path in sorted((root / task).glob("*/*/*/results.json")):
         r = json.loads(path.read_text())
-        metric = r["test_accuracy"] if task == "supervised" else r["mean_return_last_100"]
+        metric = r[METRICS[task][0]]
         rows.append({"group": path.parts[-4], "model": path.parts[-3], "run": path.parts[-2], "method": r["method"],
                      "metric": metric, "pruning_rate": r["pruning_rate"], "params_after": r["params_after"],
                      "seconds": r["training_seconds"]})
@@ -318,7 +322,7 @@ def compare_runs(runs: pd.DataFrame, root: Path, task: str) -> pd.DataFrame:
     dataset (or environment) and model, the final metric against the pruning rate in
     ``<root>/<task>/<dataset>_<model>_comparison.png``; the table in
     ``<root>/<task>/comparison.csv``. Returns the table."""
-    metric_name = "test accuracy" if task == "supervised" else "mean return (last 100 episodes)"
+    metric_name = METRICS[task][1]
     table = runs.groupby(["group", "model", "method"], sort=False).agg(
         runs=("run", "count"), metric_mean=("metric", "mean"), metric_std=("metric", "std"),
         pruning_rate=("pruning_rate", "mean"), params_after=("params_after", "mean"), seconds=("seconds", "mean"),
