@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,7 @@ from prune_env.latency import LatencyTable, grid_widths
 from prune_env.pruner import make_pruner
 from target_models import get_target
 from target_models.resnet import CifarResNet
-from tests.test_env import tiny_env
+from tests.test_env import pretrained_cartpole, tiny_env  # noqa: F401 (a fixture)
 
 
 def _cartpole_table(**kwargs) -> tuple[LatencyTable, object]:
@@ -114,3 +116,31 @@ def test_bad_latency_budgets_and_networks_give_clear_errors():
     pruner = make_pruner(CifarResNet(1).eval(), torch.zeros(1, 3, 32, 32))
     with pytest.raises(ValueError, match="latency tables cover sequential networks"):
         LatencyTable.measure(pruner, show_progress=False)
+
+
+def test_latency_compare_builds_every_arm_at_its_budget_and_resumes(tmp_path, synthetic_table, pretrained_cartpole):
+    from experiments.latency_compare import run_arms, summarize, time_networks
+    from prune_env.config import load_config
+
+    target = get_target("cartpole_policy", limit=4)  # 4 evaluation episodes
+    config = load_config(target.name, "random_search", overrides={
+        "env": {"val_size": 4}, "search": {"episodes": 3}, "evaluate": {"finetune_epochs": 0}})
+    runs = run_arms(target, config, "random_search", [0.5], [1], [0], tmp_path, round_to=8)
+    assert [r["arm"] for r in runs] == ["uniform", "flops_search", "flops_search_matched", "latency_search",
+                                        "latency_search_r8"]
+    reports = {r["arm"]: json.loads((r["folder"] / "report.json").read_text()) for r in runs}
+    for arm in ("uniform", "latency_search", "latency_search_r8"):
+        assert reports[arm]["latency_budget"] == 0.5
+        assert abs(reports[arm]["latency_ratio_predicted"] - 0.5) <= 0.05
+    assert reports["flops_search"].get("latency_budget") is None
+    assert reports["flops_search"]["flops_budget"] == pytest.approx(reports["uniform"]["flops_ratio"])
+    assert all(c % 8 == 0 or c == u for c, u in zip(reports["latency_search_r8"]["keep_counts"],
+                                                     [64, 64], strict=True))
+    stamps = [(r["folder"] / "report.json").stat().st_mtime_ns for r in runs]
+    run_arms(target, config, "random_search", [0.5], [1], [0], tmp_path, round_to=8)  # all done: nothing re-run
+    assert stamps == [(r["folder"] / "report.json").stat().st_mtime_ns for r in runs]
+    table = time_networks(target, runs, rounds=1, repeats=3)
+    assert len(table) == 5 and (table["torch_ms"] > 0).all() and (table["onnxruntime_ms"] > 0).all()
+    results = summarize(table)
+    assert set(results["policy"]) == {r["arm"] for r in runs}
+    assert results["within_5pct"].between(0, 1).all()
