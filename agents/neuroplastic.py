@@ -225,16 +225,21 @@ class TopologyCallback(BaseCallback):
                 "ngf_done": self.ngf_done, "rng": self.rng.bit_generator.state}
 
     # ---- schedule ------------------------------------------------------------------------
+    def _progress(self, step: int) -> float:
+        """Share of the topology-update phase done at ``step``: from the first training step
+        (after the model's ``learning_starts``) to ``stop_fraction`` of the run."""
+        start = getattr(getattr(self, "model", None), "learning_starts", 0)
+        stop = self.config.stop_fraction * self.total
+        return float(np.clip((step - start) / max(stop - start, 1), 0.0, 1.0))
+
     def target_sparsity(self, step: int) -> float:
         """``ne``: the scheduled sparsity at ``step`` (linear to ``final_sparsity`` at the stop)."""
         c = self.config
-        progress = min(1.0, step / (c.stop_fraction * self.total))
-        return c.initial_sparsity + (c.final_sparsity - c.initial_sparsity) * progress
+        return c.initial_sparsity + (c.final_sparsity - c.initial_sparsity) * self._progress(step)
 
     def zeta(self, step: int) -> float:
         """Share of active connections pruned and regrown at ``step`` (cosine decay to 0)."""
-        progress = min(1.0, step / (self.config.stop_fraction * self.total))
-        return self.config.zeta / 2 * (1 + math.cos(math.pi * progress))
+        return self.config.zeta / 2 * (1 + math.cos(math.pi * self._progress(step)))
 
     def sparsity(self) -> float:
         return self.sparse.sparsity() if self.sparse else 0.0

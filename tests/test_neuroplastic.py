@@ -91,8 +91,9 @@ def test_small_to_large_grows_from_initial_to_final_sparsity(tmp_path):
     # updates at steps 400..1200 (after learning starts, before the stop)
     assert callback.updates == 9
     assert callback.sparsity() == pytest.approx(0.3, abs=0.03)
-    assert callback.target_sparsity(0) == 0.8 and callback.target_sparsity(1200) == pytest.approx(0.3)
-    assert callback.zeta(0) == pytest.approx(0.2) and callback.zeta(1200) == pytest.approx(0.0)
+    assert callback.target_sparsity(300) == 0.8 and callback.target_sparsity(1200) == pytest.approx(0.3)
+    assert callback.target_sparsity(750) == pytest.approx(0.55)  # linear from the first training step
+    assert callback.zeta(300) == pytest.approx(0.2) and callback.zeta(1200) == pytest.approx(0.0)
     assert all((w == 0).all() for w in masked_weights(model, callback))
 
 
