@@ -1,4 +1,5 @@
-"""Shared fixtures: an isolated PRUNE_ENV_HOME per test. Helpers live in tests/helpers.py."""
+"""Shared fixtures: an isolated PRUNE_ENV_HOME per test, a quickly pretrained CartPole
+policy. Helpers live in tests/helpers.py."""
 
 from __future__ import annotations
 
@@ -21,3 +22,11 @@ def isolated_home(tmp_path_factory, monkeypatch):
     (home / "data").symlink_to(shared_data_cache, target_is_directory=True)
     monkeypatch.setenv("PRUNE_ENV_HOME", str(home))
     return home
+
+
+@pytest.fixture
+def pretrained_cartpole(isolated_home):
+    """A quickly pretrained CartPole policy in this test's home (one PPO chunk)."""
+    from target_models import get_target
+
+    get_target("cartpole_policy").pretrain(epochs=1, show_progress=False)

@@ -35,12 +35,6 @@ def tiny_env(name: str, **kwargs) -> PruningEnv:
     return PruningEnv(target, model=target.build_model(), **options)
 
 
-@pytest.fixture
-def pretrained_cartpole(isolated_home):
-    """A quickly pretrained CartPole policy in this test's home (one PPO chunk)."""
-    get_target("cartpole_policy").pretrain(epochs=1, show_progress=False)
-
-
 def _hash(model: torch.nn.Module) -> str:
     h = hashlib.sha1()
     for v in model.state_dict().values():

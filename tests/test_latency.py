@@ -15,7 +15,7 @@ from prune_env.latency import LatencyTable, grid_widths
 from prune_env.pruner import make_pruner
 from target_models import get_target
 from target_models.resnet import CifarResNet
-from tests.test_env import pretrained_cartpole, tiny_env  # noqa: F401 (a fixture)
+from tests.test_env import tiny_env
 
 
 def _cartpole_table(**kwargs) -> tuple[LatencyTable, object]:

@@ -13,7 +13,13 @@ import pytest
 import torch
 from torch import nn
 
-from agents.neuroplastic import NEConfig, TopologyCallback, WindowReplayBuffer, dormancy, td3_networks
+from agents.neuroplastic import (
+    NEConfig,
+    TopologyCallback,
+    WindowReplayBuffer,
+    dormancy,
+    td3_networks,
+)
 from agents.sparse_masks import SparseLayers, erdos_renyi_densities
 from experiments.neuroplastic import TD3RunConfig, _make_model, run_td3
 from tests.helpers import REPO, script_env
