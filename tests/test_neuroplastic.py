@@ -142,7 +142,7 @@ def test_the_replay_window_samples_only_recent_transitions():
 def test_ngf_keeps_the_most_active_units_of_every_hidden_layer(tmp_path):
     model, callback = learn(tmp_path, "ngf", steps=600, ngf_at=0.5, ngf_keep=0.75)
     assert callback.ngf_done
-    for n, (net, _, _) in enumerate(td3_networks(model)):
+    for n in range(len(td3_networks(model))):
         first = callback.sparse.masks[callback.index.index((n, 0))]
         alive = first.any(dim=1)
         assert int(alive.sum()) == 12  # 0.75 of 16 units
