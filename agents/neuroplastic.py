@@ -7,7 +7,7 @@ critic start small and sparse and grow while the agent learns.
 - ``static``: a random Erdős–Rényi mask at ``final_sparsity``, fixed (``static_topo``).
 - ``ne``: the small-to-large scheduler. Every ``delta`` steps, until ``stop_fraction`` of
   training, the target sparsity falls linearly from ``initial_sparsity`` to
-  ``final_sparsity``; dormant neurons (score below ``tau``) release their incoming
+  ``final_sparsity``; dormant neurons (score at most ``tau``) release their incoming
   connections; a share ``zeta`` (cosine-decayed) of the active connections with the
   smallest magnitude is pruned; and the same number plus what the schedule adds is grown
   where the potential gradients (the gradients of inactive weights, from a dense backward
@@ -87,6 +87,12 @@ class NEConfig:
         for name in ("stop_fraction", "ngf_at", "ngf_keep"):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"{name} must lie in (0, 1], got {getattr(self, name)}")
+        if self.method == "ne" and self.final_sparsity > self.initial_sparsity:
+            raise ValueError(f"ne grows its networks: final_sparsity ({self.final_sparsity}) must not exceed "
+                             f"initial_sparsity ({self.initial_sparsity})")
+        if self.tau < 0 or not 0 <= self.review_threshold <= 1:
+            raise ValueError(f"tau must be at least 0 and review_threshold in [0, 1], got {self.tau}, "
+                             f"{self.review_threshold}")
         if not 0 <= self.zeta < 1:
             raise ValueError(f"zeta must lie in [0, 1), got {self.zeta}")
         if self.delta < 1 or self.batch_size < 1:
@@ -106,8 +112,10 @@ class WindowReplayBuffer(ReplayBuffer):
 
     def sample(self, batch_size: int, env=None):
         size = self.buffer_size if self.full else self.pos
-        if self.window is None or self.window >= size or self.optimize_memory_usage:
+        if self.window is None or self.window >= size:
             return super().sample(batch_size, env=env)
+        if self.optimize_memory_usage:
+            raise ValueError("a replay window needs optimize_memory_usage=False")
         offsets = np.random.randint(1, self.window + 1, size=batch_size)
         return self._get_samples((self.pos - offsets) % self.buffer_size, env=env)
 
@@ -138,7 +146,8 @@ def td3_losses(model, data) -> tuple[torch.Tensor, torch.Tensor]:
                                                                                  model.target_noise_clip)
         next_actions = (model.actor_target(data.next_observations) + noise).clamp(-1, 1)
         next_q = torch.cat(model.critic_target(data.next_observations, next_actions), dim=1).min(1, keepdim=True)[0]
-        target = data.rewards + (1 - data.dones) * model.gamma * next_q
+        discounts = data.discounts if getattr(data, "discounts", None) is not None else model.gamma
+        target = data.rewards + (1 - data.dones) * discounts * next_q
     critic_loss = sum(F.mse_loss(q, target) for q in model.critic(data.observations, data.actions))
     actor_loss = -model.critic.q1_forward(data.observations, model.actor(data.observations)).mean()
     return critic_loss, actor_loss
@@ -181,11 +190,13 @@ class TopologyCallback(BaseCallback):
 
     ``total_timesteps`` is the whole run's length (schedules are shares of it). ``state``
     is a saved :meth:`state` to resume from. ``on_step`` is called with the callback after
-    every environment step (evaluation, checkpoints, progress).
+    every environment step, before stable-baselines3 stores that step's transition and
+    trains on it (evaluation, progress); ``on_rollout_start`` at the start of every rollout,
+    when every step so far is stored and trained on (checkpoints).
     """
 
     def __init__(self, config: NEConfig, total_timesteps: int, seed: int = 0, state: dict | None = None,
-                 on_step=None):
+                 on_step=None, on_rollout_start=None):
         super().__init__()
         self.config, self.total = config, total_timesteps
         self.rng = np.random.default_rng(seed)
@@ -194,11 +205,14 @@ class TopologyCallback(BaseCallback):
         self.updates, self.ngf_done, self.last_dormancy = 0, False, {}
         self._saved = state
         self._on_step_hook = on_step
+        self._on_rollout_hook = on_rollout_start
 
     # ---- set-up --------------------------------------------------------------------------
     def _on_training_start(self) -> None:
         if self.config.method == "dense" or self.sparse is not None:
             return
+        if self._saved is not None and self._saved["masks"] is None:
+            raise ValueError("the checkpoint holds no masks; it was saved by a dense run")
         layers, targets, optimizers = [], [], []
         for n, (net, target, opt) in enumerate(td3_networks(self.model)):
             for i, m in enumerate(net):
@@ -207,17 +221,17 @@ class TopologyCallback(BaseCallback):
                     layers.append(m)
                     targets.append(target[i])
             optimizers.append(opt)
-        start = self.config.initial_sparsity if self.config.method == "ne" else 0.0
-        if self.config.method == "static":
-            start = self.config.final_sparsity
-        densities = erdos_renyi_densities([tuple(m.weight.shape) for m in layers], start)
-        self.sparse = SparseLayers(layers, list(dict.fromkeys(optimizers)), targets, densities, self.rng)
-        if self._saved is not None:
-            self.sparse.load_state_dict(self._saved["masks"])
+        optimizers = list(dict.fromkeys(optimizers))
+        if self._saved is not None:  # resume: the saved masks, never a fresh draw
+            self.sparse = SparseLayers(layers, optimizers, targets, masks=self._saved["masks"]["masks"])
             self.updates, self.ngf_done = self._saved["updates"], self._saved["ngf_done"]
             self.rng.bit_generator.state = self._saved["rng"]
+            return
+        start = {"ne": self.config.initial_sparsity, "static": self.config.final_sparsity}.get(self.config.method, 0.0)
+        densities = erdos_renyi_densities([tuple(m.weight.shape) for m in layers], start)
+        self.sparse = SparseLayers(layers, optimizers, targets, densities, self.rng)
         if isinstance(self.model.replay_buffer, WindowReplayBuffer) and self.config.experience_review:
-            self.model.replay_buffer.window = self.config.window_min
+            self.model.replay_buffer.window = self.config.window_min  # the pickled buffer keeps its window
 
     def state(self) -> dict:
         """What a checkpoint needs to resume the topology (masks, counters, random state)."""
@@ -245,16 +259,22 @@ class TopologyCallback(BaseCallback):
         return self.sparse.sparsity() if self.sparse else 0.0
 
     # ---- the step ------------------------------------------------------------------------
+    def _on_rollout_start(self) -> None:
+        if self._on_rollout_hook is not None:
+            self._on_rollout_hook(self)
+
     def _on_step(self) -> bool:
         if self.sparse is not None:
             self.sparse.apply()  # the target networks after their Polyak update
         step, c = self.num_timesteps, self.config
         learning = step > self.model.learning_starts and self.model.replay_buffer.size() >= c.batch_size
-        if learning and step % c.delta == 0:
+        stop = int(c.stop_fraction * self.total)
+        if learning and (step % c.delta == 0 or (c.method == "ne" and step == stop)):
             data = self.model.replay_buffer.sample(c.batch_size, env=self.model._vec_normalize_env)
-            self.last_dormancy = dormancy(activation_scores(self.model, data), c.tau)
-            if c.method == "ne" and step <= c.stop_fraction * self.total:
-                self.topology_update(data, step)
+            scores = activation_scores(self.model, data)
+            self.last_dormancy = dormancy(scores, c.tau)
+            if c.method == "ne" and step <= stop:
+                self.topology_update(data, step, scores)
             if c.experience_review and isinstance(self.model.replay_buffer, WindowReplayBuffer):
                 ratio = max(self.last_dormancy["actor_dormant_ratio"], self.last_dormancy["critic_dormant_ratio"])
                 self.model.replay_buffer.window = c.window_max if ratio > c.review_threshold else c.window_min
@@ -264,12 +284,16 @@ class TopologyCallback(BaseCallback):
             self._on_step_hook(self)
         return True
 
-    def topology_update(self, data, step: int) -> None:
+    def topology_update(self, data, step: int, scores: list | None = None) -> None:
         """One small-to-large update: release dormant neurons' inputs, prune the weakest
-        active connections, grow the strongest potential gradients up to the schedule."""
+        active connections, grow the strongest potential gradients up to the schedule.
+        ``scores``: :func:`activation_scores` on ``data`` (computed when not given)."""
         c = self.config
         grads = self._potential_gradients(data)
-        dormant_rows = self._dormant_rows(data) if c.dormant_pruning else {}
+        if c.dormant_pruning:
+            dormant_rows = self._dormant_rows(scores if scores is not None else activation_scores(self.model, data))
+        else:
+            dormant_rows = {}
         shapes = [tuple(m.weight.shape) for m in self.sparse.layers]
         densities = erdos_renyi_densities(shapes, self.target_sparsity(step))
         zeta = self.zeta(step)
@@ -278,13 +302,13 @@ class TopologyCallback(BaseCallback):
             if i in dormant_rows:
                 mask[dormant_rows[i]] = False
             target_active = round(densities[i] * mask.numel())
-            active = int(mask.sum())
-            n_prune = int(zeta * active)
-            flat = mask.flatten()
+            before = mask.flatten().clone()
+            flat = before.clone()
+            n_prune = int(zeta * int(before.sum()))
             if n_prune > 0:
                 magnitude = layer.weight.detach().abs().flatten().masked_fill(~flat, float("inf"))
                 flat[torch.topk(magnitude, n_prune, largest=False).indices] = False
-            dropped = mask.flatten() & ~flat
+            dropped = before & ~flat
             n_grow = max(0, target_active - int(flat.sum()))
             candidates = ~flat & ~dropped
             if int(candidates.sum()) < n_grow:  # not enough never-dropped room: regrow dropped ones too
@@ -316,10 +340,10 @@ class TopologyCallback(BaseCallback):
             p.grad = None
         return grads
 
-    def _dormant_rows(self, data) -> dict[int, torch.Tensor]:
+    def _dormant_rows(self, scores: list) -> dict[int, torch.Tensor]:
         """Masked-layer index -> boolean rows (output units) that are dormant."""
         rows = {}
-        for n, lin, mean_abs, _ in activation_scores(self.model, data):
+        for n, lin, mean_abs, _ in scores:
             normalised = mean_abs / (mean_abs.mean() + 1e-9)
             rows[self.index.index((n, lin))] = normalised <= self.config.tau
         return rows

@@ -45,13 +45,17 @@ class SparseLayers:
     steps and on the matching ``targets`` (layers of target networks, or ``None``).
 
     ``densities`` gives each layer's starting share of active weights, drawn at random
-    with ``rng``.
+    with ``rng``; ``masks`` (saved ones, to resume) replace the draw.
     """
 
     def __init__(self, layers: list[nn.Linear], optimizers: list[torch.optim.Optimizer],
-                 targets: list[nn.Linear | None], densities: np.ndarray, rng: np.random.Generator):
+                 targets: list[nn.Linear | None], densities: np.ndarray | None = None,
+                 rng: np.random.Generator | None = None, masks: list[torch.Tensor] | None = None):
         self.layers, self.targets = layers, targets
-        self.masks = [self._random_mask(layer, d, rng) for layer, d in zip(layers, densities, strict=True)]
+        if masks is not None:
+            self.masks = [m.to(layer.weight.device).bool() for m, layer in zip(masks, layers, strict=True)]
+        else:
+            self.masks = [self._random_mask(layer, d, rng) for layer, d in zip(layers, densities, strict=True)]
         self.optimizers = optimizers
         self.masking = True
         self._handles = [layer.weight.register_hook(self._gradient_hook(i)) for i, layer in enumerate(layers)]
@@ -118,10 +122,6 @@ class SparseLayers:
 
     def state_dict(self) -> dict:
         return {"masks": [m.cpu() for m in self.masks]}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.masks = [m.to(layer.weight.device) for m, layer in zip(state["masks"], self.layers, strict=True)]
-        self.apply()
 
     def remove(self) -> None:
         """Detach the hooks (the masks stop being enforced)."""

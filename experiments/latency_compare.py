@@ -1,13 +1,13 @@
 """Latency-aware against FLOPs-aware pruning at one measured-latency target (issue 14).
 
-For every batch size, latency budget and seed, four networks, each in its own run folder:
+For every batch size, latency budget and seed, five networks, each in its own run folder:
 
 - ``uniform``: one keep-ratio for every layer, fitted to the latency budget by the table;
 - ``flops_search``: the searcher at the FLOPs budget the ``uniform`` network needed (the
   FLOPs that meet the latency target when every layer is cut alike);
-- ``flops_search_matched``: the searcher at that FLOPs budget scaled by the budget over
-  ``flops_search``'s predicted latency ratio (one secant step), so that the FLOPs-aware
-  search lands near the latency target too and the two are compared at equal latency;
+- ``flops_search_matched``: the searcher at that FLOPs budget rescaled by the latency budget
+  over ``flops_search``'s predicted latency ratio (a proportional correction), so that the
+  FLOPs-aware search lands near the latency target too and the two compare at equal latency;
 - ``latency_search``: the same searcher at the latency budget;
 - ``latency_search_rN``: the latency search with ``round_to=N``.
 
@@ -55,6 +55,29 @@ def arm_env(config: dict, arm: str, budget: float, batch: int, flops_budget: flo
     return env
 
 
+def latency_table(target: Target, batch: int, min_keep: float, round_to: int | None = None):
+    """The target's (cached) latency table at ``batch``, on the grid a ``PruningEnv`` with
+    ``min_keep`` and ``round_to`` uses, so that both read the same cached table."""
+    from prune_env.env import allowed_counts
+    from prune_env.latency import LatencyTable
+    from prune_env.pruner import make_pruner
+    from prune_env.surgery import keep_count
+
+    pruner = make_pruner(target.build_model().eval(), target.example_input(), keep_layers=target.keep_layers)
+    low = [int(allowed_counts(int(u), keep_count(min_keep, int(u)), round_to)[0]) for u in pruner.units]
+    return LatencyTable.build(pruner, target.name, batch, "torch", target.device, low=low)
+
+
+def lowest_latency_ratio(target: Target, batch: int, min_keep: float, round_to: int | None = None) -> float:
+    """The smallest latency budget ``min_keep`` (and ``round_to``) allow at ``batch``."""
+    from prune_env.env import allowed_counts
+    from prune_env.surgery import keep_count
+
+    table = latency_table(target, batch, min_keep, round_to)
+    counts = [int(allowed_counts(int(g[-1]), keep_count(min_keep, int(g[-1])), round_to)[0]) for g in table.grids]
+    return table.predict(counts) / table.base
+
+
 def run_uniform(target: Target, config: dict, out: Path, seed: int, show_progress: bool) -> dict:
     """The uniform heuristic at the arm's budget, fine-tuned, measured and saved like a search run."""
     env = PruningEnv(target, **config["env"])
@@ -80,7 +103,7 @@ def run_arms(target: Target, config: dict, agent: str, budgets: list[float], bat
     for batch in batches:
         for budget in budgets:
             for seed in seeds:
-                flops_budget, latency_env = None, None
+                flops_budget = None
                 for arm in ARMS:
                     name = arm_name(arm, round_to)
                     folder = out / f"batch{batch}" / f"latency{budget}" / f"{name}-s{seed}"
@@ -103,11 +126,10 @@ def run_arms(target: Target, config: dict, agent: str, budgets: list[float], bat
                     if arm == "uniform":
                         flops_budget = float(report["flops_ratio"])
                     elif arm.startswith("flops_search"):  # its latency, as the table predicts it
-                        latency_env = latency_env or PruningEnv(target, **arm_env(config, "uniform", budget, batch,
-                                                                                 None, round_to))
-                        predicted = latency_env.latency_table.predict(report["keep_counts"]) / latency_env.cost_base
+                        table = latency_table(target, batch, config["env"]["min_keep"])
+                        predicted = table.predict(report["keep_counts"]) / table.base
                         runs[-1]["predicted_ratio"] = predicted
-                        if arm == "flops_search":  # one secant step towards the latency target
+                        if arm == "flops_search":  # rescaled towards the latency target
                             lowest = lowest_flops_ratio(target, config["env"]["min_keep"]) * 1.001
                             flops_budget = float(np.clip(flops_budget * budget / predicted, lowest, 1.0))
     return runs
@@ -134,7 +156,7 @@ def time_networks(target: Target, runs: list[dict], rounds: int = 5, repeats: in
             with torch.no_grad():
                 for r in range(rounds):
                     for i, (model, path) in enumerate(zip(models, paths, strict=True)):
-                        times[r, i, 0] = measure_latency(model, x, repeats=repeats)["ms"]
+                        times[r, i, 0] = measure_latency(model, x, repeats=repeats, device=target.device)["ms"]
                         times[r, i, 1] = onnx_latency(path, x, repeats=repeats)
             ms = np.median(times, axis=0)
             for i, run in enumerate(batch_runs, start=1):

@@ -6,6 +6,7 @@ and scheduler state) every ``checkpoint_every`` steps that ``resume`` continues 
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from agents.neuroplastic import (
     dormancy,
 )
 from prune_env.files import write_json
-from target_models.checkpoints import _atomic_write
+from target_models.checkpoints import _atomic_write, atomic_save
 
 TASK = "td3"
 
@@ -81,7 +82,7 @@ class _Checkpoint:
     def save(self, model, state: dict) -> None:
         _atomic_write(self.folder / "model.zip", lambda tmp: model.save(tmp))
         _atomic_write(self.folder / "replay.pkl", lambda tmp: model.save_replay_buffer(tmp))
-        _atomic_write(self.state_path, lambda tmp: torch.save(state, tmp))  # last: it marks a whole checkpoint
+        atomic_save(state, self.state_path)  # last: it marks a whole checkpoint (and is reported on Ctrl-C)
 
     def load(self, env, device: str):
         from stable_baselines3 import TD3
@@ -92,11 +93,27 @@ class _Checkpoint:
         return model, state
 
 
+def check_resumable(out: Path, run: TD3RunConfig, ne: NEConfig) -> None:
+    """A run folder is continued only with the settings it was started with."""
+    saved = out / "config.json"
+    if not saved.is_file():
+        return
+    config = json.loads(saved.read_text())
+    now = json.loads(json.dumps({"run": asdict(run), "topology": ne.to_dict()}))  # tuples as lists
+    changed = [f"{part}.{key}" for part in ("run", "topology")
+               for key in set(config.get(part, {})) | set(now[part]) if config.get(part, {}).get(key) != now[part].get(key)]
+    if changed:
+        raise ValueError(f"{out} holds a run with other settings ({', '.join(sorted(changed))}); resume it with the "
+                         "same flags, or start it again with --force, or use another --root")
+
+
 def run_td3(run: TD3RunConfig, ne: NEConfig, out: Path, resume: bool = False, show_progress: bool = True) -> dict:
     """Train, evaluate every ``eval_every`` steps, checkpoint; returns (and writes) the results."""
     from stable_baselines3.common.evaluation import evaluate_policy
     from stable_baselines3.common.monitor import Monitor
 
+    if resume:
+        check_resumable(out, run, ne)
     out.mkdir(parents=True, exist_ok=True)
     config = {"task": TASK, "run": asdict(run), "topology": ne.to_dict()}
     write_json(out / "config.json", config)
@@ -131,15 +148,24 @@ def run_td3(run: TD3RunConfig, ne: NEConfig, out: Path, resume: bool = False, sh
                     cb.logger.record(f"topology/{key}", value)
             cb.logger.dump(step)
             bar.set_postfix(ret=f"{row['return_mean']:.0f}", sparsity=f"{row['sparsity']:.2f}")
-        if step % run.checkpoint_every == 0 or step == run.steps:
-            checkpoint.save(model, {"history": history, "seconds": time.perf_counter() - started,
-                                    "topology": cb.state()})
 
-    callback = TopologyCallback(ne, run.steps, seed=run.seed, state=state["topology"], on_step=on_step)
+    def save(cb: TopologyCallback) -> None:
+        checkpoint.save(model, {"history": history, "seconds": time.perf_counter() - started,
+                                "topology": cb.state(), "step": model.num_timesteps})
+
+    def on_rollout_start(cb: TopologyCallback) -> None:  # every step so far stored and trained on
+        step = cb.num_timesteps
+        if step > 0 and step % run.checkpoint_every == 0 and step != state.get("step"):
+            save(cb)
+            state["step"] = step
+
+    callback = TopologyCallback(ne, run.steps, seed=run.seed, state=state["topology"], on_step=on_step,
+                                on_rollout_start=on_rollout_start)
     remaining = run.steps - model.num_timesteps
     if remaining > 0:
         model.learn(total_timesteps=remaining, callback=callback, reset_num_timesteps=not resume,
                     tb_log_name=ne.method)
+        save(callback)
     else:
         callback.init_callback(model)
         callback.on_training_start(locals(), globals())
@@ -199,8 +225,6 @@ def plot_run(results: dict, path: Path) -> None:
 def plot_learning_curves(root: Path, env_id: str) -> Path:
     """Mean (± std over seeds) return and critic FAU against steps, one line per method, of every
     run under ``root/td3/<env_id>/``: ``root/td3/<env_id>_learning_curves.png``."""
-    import json
-
     import matplotlib
 
     matplotlib.use("Agg")

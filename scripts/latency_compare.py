@@ -4,9 +4,11 @@
         [--agent random_search] [--episodes 100] [--seeds 1] [--round-to 8] --out results/latency-cnn
 
 For every batch size, latency budget (a fraction of the unpruned network's latency at that
-batch, predicted by the per-layer latency table) and seed it builds four networks: uniform
+batch, predicted by the per-layer latency table) and seed it builds five networks: uniform
 pruning fitted to the budget, the searcher at the FLOPs that uniform pruning needed, the
-searcher at the latency budget, and the same with --round-to. Each is fine-tuned (the
+searcher at those FLOPs rescaled towards the latency target (by the budget over the first
+search's predicted latency ratio), the searcher at the latency budget, and the same with
+--round-to. CPU targets only (onnxruntime times on the CPU). Each is fine-tuned (the
 target's standard fine-tune) and tested; then all of them and the unpruned network are timed
 in PyTorch and onnxruntime, interleaved in one process. Writes OUT/runs.csv (one row per
 network), OUT/results.csv and OUT/results.md. Every searcher gets the same --episodes.
@@ -19,7 +21,7 @@ import argparse
 from pathlib import Path
 
 from agents.search import AGENTS
-from experiments.latency_compare import run_arms, summarize, time_networks
+from experiments.latency_compare import lowest_latency_ratio, run_arms, summarize, time_networks
 from prune_env.cli import (
     UsageError,
     add_target_arguments,
@@ -69,6 +71,18 @@ def main() -> None:
     if not target.has_checkpoint():
         raise UsageError(f"{target.name} has no pretrained checkpoint ({target.checkpoint_path}); run "
                          f"python scripts/pretrain.py --target {target.name} first, or pass --checkpoint")
+    if target.device.type != "cpu":
+        raise UsageError("latency_compare.py times in PyTorch and onnxruntime on the CPU; run it with --device cpu")
+    for batch in batches:  # every budget reachable, checked (and the tables built) before any search
+        for round_to in (None, args.round_to):
+            try:
+                lowest = lowest_latency_ratio(target, batch, config["env"]["min_keep"], round_to)
+            except ValueError as exc:
+                raise UsageError(f"{target.name}: {exc}") from exc
+            if min(budgets) < lowest * 0.999:
+                rounding = f" and --round-to {round_to}" if round_to else ""
+                raise UsageError(f"--latency-budgets {min(budgets)} is below the {lowest:.3f} that min_keep="
+                                 f"{config['env']['min_keep']}{rounding} allow at batch {batch}; choose larger budgets")
     out = Path(args.out)
     runs = run_arms(target, config, args.agent, budgets, batches, list(range(args.seeds)), out, args.round_to)
     print("timing every network (PyTorch and onnxruntime)...")

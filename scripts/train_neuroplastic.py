@@ -2,7 +2,7 @@
 
     python scripts/train_neuroplastic.py --env Pendulum-v1 --methods dense,static,ne --seeds 3 --steps 20000
     python scripts/train_neuroplastic.py --env HalfCheetah-v5 --methods dense,static,ne,ngf --seeds 3 \\
-        --steps 100000 --resume            # MuJoCo tasks need: pip install 'gymnasium[mujoco]'
+        --steps 100000 --resume            # MuJoCo tasks need: pip install -e '.[mujoco]'
     python scripts/train_neuroplastic.py --env HalfCheetah-v5 --compare   # table and learning curves
 
 Methods: dense (no masks), static (a random sparse mask at --final-sparsity, fixed), ne (the
@@ -24,7 +24,14 @@ from pathlib import Path
 import torch
 
 from agents.neuroplastic import GROWN_INIT, METHODS, NEConfig
-from experiments.neuroplastic import TASK, TD3RunConfig, plot_learning_curves, run_folder, run_td3
+from experiments.neuroplastic import (
+    TASK,
+    TD3RunConfig,
+    check_resumable,
+    plot_learning_curves,
+    run_folder,
+    run_td3,
+)
 from experiments.train_with_pruning import compare_runs, load_runs
 from prune_env.cli import UsageError, add_device_argument, check_at_least, make_parser, run_main
 
@@ -87,13 +94,17 @@ def configs(args: argparse.Namespace) -> tuple[list[str], list[TD3RunConfig], di
     try:
         spec_env = gym.make(args.env)
     except gym.error.DependencyNotInstalled as exc:
-        raise UsageError(f"--env {args.env} needs MuJoCo: pip install 'gymnasium[mujoco]' ({exc})") from exc
+        raise UsageError(f"--env {args.env} needs MuJoCo: pip install -e '.[mujoco]' ({exc})") from exc
     except gym.error.Error as exc:
         raise UsageError(f"--env {args.env}: {exc}") from exc
     if not isinstance(spec_env.action_space, gym.spaces.Box):
         raise UsageError(f"--env {args.env} has {type(spec_env.action_space).__name__} actions; TD3 needs "
                          "continuous (Box) actions")
     spec_env.close()
+    if "ne" in methods and args.learning_starts >= args.stop_fraction * args.steps:
+        raise UsageError(f"--learning-starts {args.learning_starts} leaves ne no topology updates before "
+                         f"--stop-fraction {args.stop_fraction} of --steps {args.steps}; train longer or start "
+                         "learning earlier")
     topology = {"initial_sparsity": args.initial_sparsity, "final_sparsity": args.final_sparsity,
                 "delta": args.delta, "stop_fraction": args.stop_fraction, "zeta": args.zeta,
                 "grown_init": args.grown_init, "tau": args.tau, "dormant_pruning": not args.no_dormant_pruning,
@@ -134,6 +145,11 @@ def main() -> None:
                 raise UsageError(f"{out} holds a run; pass --resume to continue it or --force to start again")
             if args.force:
                 shutil.rmtree(out, ignore_errors=True)
+            elif args.resume:
+                try:
+                    check_resumable(out, run, NEConfig(method=method, **topology))
+                except ValueError as exc:
+                    raise UsageError(str(exc)) from exc
             results = run_td3(run, NEConfig(method=method, **topology), out, resume=args.resume and not args.force,
                               show_progress=not args.quiet)
             print(f"{method} seed {run.seed}: final return {results['final_return']:.1f}, sparsity "

@@ -51,6 +51,7 @@ def learn(tmp_path, method: str, steps: int = 1500, **topology):
 
     run = TD3RunConfig(**{**QUICK, "steps": steps})
     model = _make_model(run, Monitor(gym.make(run.env_id)), tmp_path)
+    model.initial_weights = {k: v.clone() for k, v in model.policy.state_dict().items()}
     callback = TopologyCallback(NEConfig(method=method, **topology), steps, seed=0)
     model.learn(total_timesteps=steps, callback=callback)
     return model, callback
@@ -72,9 +73,9 @@ def test_masked_weights_stay_exactly_zero_through_many_optimiser_steps(tmp_path)
     assert callback.sparsity() == pytest.approx(0.5, abs=0.02)
     assert all((w == 0).all() for w in masked_weights(model, callback))
     # the active weights did train
-    active = [td3_networks(model)[n][0][i].weight[m] for (n, i), m in zip(callback.index, callback.sparse.masks,
-                                                                           strict=True)]
-    assert all((w != 0).any() for w in active)
+    state = model.policy.state_dict()
+    changed = [k for k in state if k.endswith("weight") and not torch.equal(state[k], model.initial_weights[k])]
+    assert len(changed) == len(model.initial_weights) // 2  # every weight matrix, online and target
 
 
 def test_gradients_are_masked_unless_dense_gradients_are_asked_for():
@@ -106,9 +107,11 @@ def test_small_to_large_grows_from_initial_to_final_sparsity(tmp_path):
 def test_growth_picks_the_largest_potential_gradients(tmp_path):
     model, callback = learn(tmp_path, "ne", steps=600, delta=10_000, initial_sparsity=0.8, final_sparsity=0.3)
     data = model.replay_buffer.sample(256)
+    torch.manual_seed(1)  # the same target-policy noise in both gradient computations
     grads = callback._potential_gradients(data)
     before = [m.clone() for m in callback.sparse.masks]
     callback.config.dormant_pruning = False
+    torch.manual_seed(1)
     callback.topology_update(data, step=480)  # 0.8 * 600: the stop, so the final sparsity, zeta 0
     for i, (old, new) in enumerate(zip(before, callback.sparse.masks, strict=True)):
         grown = new & ~old
@@ -150,17 +153,43 @@ def test_ngf_keeps_the_most_active_units_of_every_hidden_layer(tmp_path):
         assert not second[:, ~alive].any()  # their outgoing connections are cut too
 
 
-def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path):
-    ne = NEConfig(method="ne", delta=100)
-    first = run_td3(TD3RunConfig(**{**QUICK, "steps": 1000}), ne, tmp_path, show_progress=False)
-    saved = torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=False)
-    assert first["steps"] == 1000 and [h["step"] for h in first["history"]] == [500, 1000]
-    resumed = run_td3(TD3RunConfig(**QUICK), ne, tmp_path, resume=True, show_progress=False)
+def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    import gymnasium as gym
+    from stable_baselines3.common.monitor import Monitor
+
+    from experiments.neuroplastic import _Checkpoint
+
+    ne, run = NEConfig(method="ne", delta=100), TD3RunConfig(**QUICK)
+    save = _Checkpoint.save
+
+    def save_then_stop(self, model, state):
+        save(self, model, state)
+        if model.num_timesteps == 1000:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(_Checkpoint, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_td3(run, ne, tmp_path, show_progress=False)
+    monkeypatch.setattr(_Checkpoint, "save", save)
+    model, saved = _Checkpoint(tmp_path / "checkpoint").load(Monitor(gym.make(run.env_id)), "cpu")
+    assert model.num_timesteps == 1000 and model.replay_buffer.size() == 1000  # every step stored
+    weights = {k: v.clone() for k, v in model.policy.state_dict().items()}
+    callback = TopologyCallback(ne, run.steps, state=saved["topology"])
+    callback.init_callback(model)
+    callback.on_training_start({}, {})
+    assert all(torch.equal(a, b) for a, b in zip(callback.sparse.masks, saved["topology"]["masks"]["masks"],
+                                                 strict=True))
+    assert all(torch.equal(v, model.policy.state_dict()[k]) for k, v in weights.items())  # nothing zeroed
+
+    resumed = run_td3(run, ne, tmp_path, resume=True, show_progress=False)
     assert resumed["steps"] == 1500
     assert [h["step"] for h in resumed["history"]] == [500, 1000, 1500]
     assert resumed["topology_updates"] > saved["topology"]["updates"]  # counted on from the checkpoint
+    assert resumed["final_sparsity"] == pytest.approx(0.25, abs=0.03)
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["final_sparsity"] == pytest.approx(resumed["final_sparsity"])
+    with pytest.raises(ValueError, match="other settings"):
+        run_td3(run, NEConfig(method="ne", delta=200), tmp_path, resume=True, show_progress=False)
 
 
 def test_command_line_refuses_bad_input_clearly(tmp_path):
