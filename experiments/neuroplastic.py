@@ -43,6 +43,7 @@ class TD3RunConfig:
     learning_rate: float = 3e-4
     action_noise: float = 0.1
     buffer_size: int = 1_000_000
+    """Replay capacity (at most ``steps``: a shorter run never fills more, and checkpoints stay small)."""
     eval_every: int = 5_000
     eval_episodes: int = 5
     checkpoint_every: int = 10_000
@@ -62,7 +63,7 @@ def _make_model(run: TD3RunConfig, env, out: Path):
 
     n_actions = env.action_space.shape[0]
     noise = NormalActionNoise(np.zeros(n_actions), run.action_noise * np.ones(n_actions))
-    return TD3("MlpPolicy", env, learning_rate=run.learning_rate, buffer_size=run.buffer_size,
+    return TD3("MlpPolicy", env, learning_rate=run.learning_rate, buffer_size=min(run.buffer_size, run.steps),
                learning_starts=run.learning_starts, batch_size=run.batch_size, action_noise=noise,
                replay_buffer_class=WindowReplayBuffer, policy_kwargs={"net_arch": list(run.hidden)},
                tensorboard_log=str(out / "tensorboard"), seed=run.seed, device=run.device, verbose=0)
