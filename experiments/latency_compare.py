@@ -29,11 +29,11 @@ import pandas as pd
 
 from agents import make_heuristic
 from agents.base import prune_with
-from experiments.report import final_report, write_report
+from experiments.report import final_report, save_network, write_report
 from experiments.train import TrainRun, train_and_report
 from prune_env.cost import measure_latency, onnx_latency
 from prune_env.env import PruningEnv, lowest_flops_ratio
-from prune_env.export import export_onnx, load_pruned, save_pruned
+from prune_env.export import export_onnx, load_pruned
 from target_models import Target
 
 ARMS = ("uniform", "flops_search", "flops_search_matched", "latency_search", "latency_search_round")
@@ -69,13 +69,10 @@ def latency_table(target: Target, batch: int, min_keep: float, round_to: int | N
 
 
 def lowest_latency_ratio(target: Target, batch: int, min_keep: float, round_to: int | None = None) -> float:
-    """The smallest latency budget ``min_keep`` (and ``round_to``) allow at ``batch``."""
-    from prune_env.env import allowed_counts
-    from prune_env.surgery import keep_count
-
+    """The smallest latency budget ``min_keep`` (and ``round_to``) allow at ``batch``: the
+    table's grids start at the lowest allowed count of each layer."""
     table = latency_table(target, batch, min_keep, round_to)
-    counts = [int(allowed_counts(int(g[-1]), keep_count(min_keep, int(g[-1])), round_to)[0]) for g in table.grids]
-    return table.predict(counts) / table.base
+    return table.predict([int(g[0]) for g in table.grids]) / table.base
 
 
 def run_uniform(target: Target, config: dict, out: Path, seed: int, show_progress: bool) -> dict:
@@ -88,8 +85,7 @@ def run_uniform(target: Target, config: dict, out: Path, seed: int, show_progres
                                      finetune_epochs=config["evaluate"]["finetune_epochs"],
                                      latency_batch_size=config["evaluate"]["latency_batch_size"],
                                      show_progress=show_progress)
-    save_pruned(out / "pruned_model.pt", finetuned, env.pruner.widths_of(finetuned), target=target,
-                meta={"keep_ratios": report["keep_ratios"], "metric_finetuned": report["metric_finetuned"]})
+    save_network(out, env, finetuned, report)
     write_report(out, report, {**config, "target": target.name, "seed": seed})
     return report
 

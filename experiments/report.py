@@ -110,6 +110,17 @@ def final_report(env: PruningEnv, model: nn.Module, record: dict, *, policy: str
     return report, finetuned
 
 
+def save_network(out_dir: str | Path, env: PruningEnv, model: nn.Module, report: dict) -> Path:
+    """``out_dir/pruned_model.pt``: the run's (fine-tuned) pruned network, loadable with
+    :func:`prune_env.export.load_pruned`."""
+    from prune_env.export import save_pruned
+
+    path = Path(out_dir) / "pruned_model.pt"
+    save_pruned(path, model, env.pruner.widths_of(model), target=env.target,
+                meta={"keep_ratios": report["keep_ratios"], "metric_finetuned": report["metric_finetuned"]})
+    return path
+
+
 def write_report(out_dir: str | Path, report: dict, config: dict) -> Path:
     """``out_dir/report.json`` beside ``out_dir/config.json`` (the resolved config)."""
     out_dir = Path(out_dir)

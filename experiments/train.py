@@ -17,10 +17,10 @@ from agents.search import (
     restore_checkpoint,
     search,
 )
-from experiments.report import final_report, write_report
+from experiments.report import final_report, save_network, write_report
 from prune_env.cli import UsageError
 from prune_env.env import PruningEnv
-from prune_env.export import export_all, save_pruned
+from prune_env.export import export_all
 from prune_env.files import write_json
 from target_models import Target
 
@@ -149,8 +149,7 @@ def train_and_report(run: TrainRun) -> dict:
                            for name, r in baselines.items()}
     if baselines:
         print(format_comparison(run.agent, record, baselines))
-    save_pruned(out / "pruned_model.pt", finetuned, env.pruner.widths_of(finetuned), target=target,
-                meta={"keep_ratios": report["keep_ratios"], "metric_finetuned": report["metric_finetuned"]})
+    save_network(out, env, finetuned, report)
     if run.export:
         measured = {report["latency_batch_size"]: {"base": report["latency_ms_base"],
                                                    "pruned": report["latency_ms_pruned"]}}
