@@ -137,8 +137,8 @@ def run_td3(run: TD3RunConfig, ne: NEConfig, out: Path, resume: bool = False, sh
         if step % 100 == 0:
             bar.update(step - bar.n)
         if step % run.eval_every == 0:
-            returns, _ = evaluate_policy(model, eval_env, n_eval_episodes=run.eval_episodes, deterministic=True)
-            row = {"step": step, "return_mean": float(np.mean(returns)), "return_std": float(np.std(returns)),
+            mean, std = evaluate_policy(model, eval_env, n_eval_episodes=run.eval_episodes, deterministic=True)
+            row = {"step": step, "return_mean": float(mean), "return_std": float(std),
                    "sparsity": cb.sparsity(), "seconds": round(time.perf_counter() - started, 1)}
             if model.replay_buffer.size() >= ne.batch_size:
                 data = model.replay_buffer.sample(ne.batch_size, env=model._vec_normalize_env)
