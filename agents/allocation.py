@@ -61,9 +61,6 @@ def play_allocation(env: PruningEnv | gym.Env, ratios: np.ndarray, seed: int | N
 def play_actions(env: PruningEnv | gym.Env, action_for: Callable[[int], np.ndarray], seed: int | None = None) -> dict:
     """Play one episode (through any wrappers of ``env``) with ``action_for(layer)`` at each
     layer; returns the final ``info["report"]``."""
-    base = env.unwrapped
-    env.reset(seed=seed)
-    while True:
-        _, _, terminated, truncated, info = env.step(action_for(base.current_layer))
-        if terminated or truncated:
-            return info["report"]
+    from agents.parallel import play_episodes
+
+    return play_episodes(env, [lambda layer, obs: action_for(layer)], [seed])[0]

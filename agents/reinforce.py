@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from agents.parallel import play_episodes
 from prune_env.env import PruningEnv
 from target_models.checkpoints import CheckpointError, atomic_save
 
@@ -40,6 +41,8 @@ class BatchReinforce:
         self.episodes_done = 0
         self.start: dict | None = None
         """Where the search started, when the agent chose it by reward (channel agents' ``init: best``)."""
+        self.workers = None
+        """:class:`~agents.parallel.EpisodeWorkers` that measure each batch in parallel (None: serially)."""
 
     # ---- what a subclass defines -----------------------------------------------------
     def _distribution(self, layer: int, obs: torch.Tensor) -> torch.distributions.Distribution:
@@ -62,29 +65,20 @@ class BatchReinforce:
 
     def learn(self, total_episodes: int, env=None, callback=None):
         """Play ``total_episodes`` more episodes in ``env`` (default: the agent's own, maybe
-        wrapped), updating after every batch. ``callback(agent)`` runs after each update; ``False`` from it stops."""
+        wrapped), updating after every batch. ``callback(agent)`` runs after each update; ``False`` from it stops.
+        With :attr:`workers` set, each batch's networks are measured in parallel (same results)."""
         env = env or self.env
         target = self.episodes_done + total_episodes
         while self.episodes_done < target:
             n = min(self.hparams["batch_episodes"], target - self.episodes_done)
-            log_probs, entropies, rewards = [], [], []
-            for i in range(n):  # episode seeds depend only on (seed, episode number): resumable
-                seed = int(np.random.default_rng((self.hparams["seed"], self.episodes_done + i)).integers(2**31))
-                obs, info = env.reset(seed=seed)
-                episode_logp, episode_entropy = [], []
-                done = False
-                while not done:
-                    layer = info["layer"]
-                    dist = self._distribution(layer, torch.as_tensor(obs))
-                    sample = dist.sample()
-                    episode_logp.append(dist.log_prob(sample).sum())
-                    episode_entropy.append(dist.entropy().sum())
-                    obs, reward, terminated, truncated, info = env.step(self._action(layer, sample, dist))
-                    done = terminated or truncated
-                log_probs.append(torch.stack(episode_logp).sum())
-                entropies.append(torch.stack(episode_entropy).sum())
-                rewards.append(float(reward))
-            r = torch.tensor(rewards)
+            # episode seeds depend only on (seed, episode number): resumable
+            seeds = [int(np.random.default_rng((self.hparams["seed"], self.episodes_done + i)).integers(2**31))
+                     for i in range(n)]
+            episodes = [_Episode(self) for _ in range(n)]
+            reports = play_episodes(env, [e.act for e in episodes], seeds, self.workers)
+            log_probs = [torch.stack(e.log_probs).sum() for e in episodes]
+            entropies = [torch.stack(e.entropies).sum() for e in episodes]
+            r = torch.tensor([float(report["reward"]) for report in reports])
             advantage = (r - r.mean()) / (r.std() + 1e-8) if len(r) > 1 else torch.zeros_like(r)
             loss = -(torch.stack(log_probs) * advantage).mean()
             loss = loss - self.hparams["entropy_coef"] * torch.stack(entropies).mean()
@@ -121,6 +115,22 @@ class BatchReinforce:
         agent.start = ckpt.get("start")
         torch.set_rng_state(ckpt["torch_rng"])  # the same samples as a run that never stopped
         return agent
+
+
+class _Episode:
+    """One episode's sampled actions, with their log-probabilities and entropies."""
+
+    def __init__(self, agent: BatchReinforce):
+        self.agent = agent
+        self.log_probs: list[torch.Tensor] = []
+        self.entropies: list[torch.Tensor] = []
+
+    def act(self, layer: int, obs: np.ndarray) -> np.ndarray:
+        dist = self.agent._distribution(layer, torch.as_tensor(obs))
+        sample = dist.sample()
+        self.log_probs.append(dist.log_prob(sample).sum())
+        self.entropies.append(dist.entropy().sum())
+        return self.agent._action(layer, sample, dist)
 
 
 class LayerPolicy(nn.Module):

@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.allocation import global_threshold_allocation, meet_budget, play_actions
+from agents.allocation import global_threshold_allocation, meet_budget
+from agents.parallel import play_episodes
 from agents.reinforce import BatchReinforce
 from prune_env.config import CHANNEL_INITS as INITS
 from prune_env.env import PruningEnv, mask_scores, network_key
@@ -144,20 +145,23 @@ class ReinforceChannelAgents(BatchReinforce):
         return super().learn(total_episodes, env=env, callback=callback)
 
     def _play_heuristic_starts(self, env, limit: int) -> int:
-        base = self.env.unwrapped
-        rewards = {}
-        for name, kept in list(heuristic_starts(base).items())[:limit]:
-            def mask(layer: int, kept=kept) -> np.ndarray:
+        starts = list(heuristic_starts(self.env.unwrapped).items())[:limit]
+
+        def keeping(kept: list[torch.Tensor]):
+            def mask(layer: int, obs) -> np.ndarray:
                 scores = np.zeros(self._width, dtype=np.float32)
                 scores[kept[layer]] = 1.0
                 return scores
+            return mask
 
-            report = play_actions(env, mask, seed=0)
-            rewards[name] = (float(report["reward"]), [torch.as_tensor(k) for k in report["kept_units"]])
+        reports = play_episodes(env, [keeping(kept) for _, kept in starts], [0] * len(starts), self.workers)
+        rewards = {name: (float(report["reward"]), [torch.as_tensor(k) for k in report["kept_units"]])
+                   for (name, _), report in zip(starts, reports, strict=True)}
         best = max(rewards, key=lambda n: rewards[n][0])  # the first on a tie
         keep = 0.9 if self.hparams["init_keep"] is None else self.hparams["init_keep"]
         with torch.no_grad():
-            for policy, logits in zip(self.policies, logits_keeping(base, rewards[best][1], keep), strict=True):
+            for policy, logits in zip(self.policies, logits_keeping(self.env.unwrapped, rewards[best][1], keep),
+                                      strict=True):
                 policy.logits.copy_(logits)
         self.start = {"network": best, "rewards": {n: r for n, (r, _) in rewards.items()}}
         self.episodes_done += len(rewards)

@@ -16,7 +16,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from agents.allocation import meet_budget, play_allocation, sample_allocation
+from agents.allocation import meet_budget, sample_allocation
+from agents.parallel import play_episodes
 from prune_env.env import PruningEnv
 from target_models.checkpoints import CheckpointError, atomic_save
 
@@ -39,6 +40,8 @@ class _AllocationSearch:
         self.best_ratios: list[float] | None = None
         self.best_reward: float | None = None
         self._first: np.ndarray | None = None
+        self.workers = None
+        """:class:`~agents.parallel.EpisodeWorkers` that measure each batch in parallel (None: serially)."""
 
     @property
     def n_layers(self) -> int:
@@ -60,13 +63,19 @@ class _AllocationSearch:
         layer = min(self.env.unwrapped.current_layer, self.n_layers - 1)
         return np.array([self.allocation()[layer]], dtype=np.float32), state
 
-    def _play(self, env: gym.Env, ratios: np.ndarray, seed: int) -> dict:
-        report = play_allocation(env, ratios, seed)
-        reward = float(report["reward"])
-        if self.best_reward is None or reward > self.best_reward:
-            self.best_reward, self.best_ratios = reward, [float(r) for r in report["keep_ratios"]]
-        self.episodes_done += 1
-        return report
+    def _play(self, env: gym.Env, planned: list[tuple[np.ndarray, int]]) -> list[dict]:
+        """Play one episode per (allocation, reset seed), in parallel with :attr:`workers`;
+        the best is updated in episode order."""
+        def allocation(ratios: np.ndarray):
+            return lambda layer, obs: np.array([ratios[layer]], dtype=np.float32)
+
+        reports = play_episodes(env, [allocation(r) for r, _ in planned], [s for _, s in planned], self.workers)
+        for report in reports:
+            reward = float(report["reward"])
+            if self.best_reward is None or reward > self.best_reward:
+                self.best_reward, self.best_ratios = reward, [float(r) for r in report["keep_ratios"]]
+            self.episodes_done += 1
+        return reports
 
     def _state(self) -> dict[str, Any]:
         return {}
@@ -125,9 +134,7 @@ class RandomSearch(_AllocationSearch):
         target = self.episodes_done + total_episodes
         while self.episodes_done < target:
             n = min(self.hparams["batch_episodes"], target - self.episodes_done)
-            for _ in range(n):
-                ratios, reset_seed = self._planned(self.episodes_done)
-                self._play(env, ratios, reset_seed)
+            self._play(env, [self._planned(self.episodes_done + i) for i in range(n)])
             if callback is not None and callback(self) is False:
                 break
         return self
@@ -190,15 +197,15 @@ class Evolution(_AllocationSearch):
         every generation, and after the last episode when it ends mid-generation."""
         env = env if env is not None else self.env
         target = self.episodes_done + total_episodes
-        while self.episodes_done < target:
-            ratios, reset_seed = self._planned(self.generation, len(self.fitness))
-            report = self._play(env, ratios, reset_seed)
-            self.genomes.append([float(r) for r in report["keep_ratios"]])
-            self.fitness.append(float(report["reward"]))
-            complete = len(self.fitness) == self._generation_size()
-            if complete:
+        while self.episodes_done < target:  # the rest of the generation as one batch
+            done = len(self.fitness)
+            n = min(self._generation_size() - done, target - self.episodes_done)
+            reports = self._play(env, [self._planned(self.generation, done + i) for i in range(n)])
+            self.genomes += [[float(r) for r in report["keep_ratios"]] for report in reports]
+            self.fitness += [float(report["reward"]) for report in reports]
+            if len(self.fitness) == self._generation_size():
                 self._select()
-            if callback is not None and (complete or self.episodes_done == target) and callback(self) is False:
+            if callback is not None and callback(self) is False:
                 break
         return self
 

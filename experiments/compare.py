@@ -12,7 +12,8 @@ import pandas as pd
 
 from agents import HEURISTICS, make_heuristic
 from agents.base import prune_with
-from experiments.report import BaselineMeasurements, final_report
+from agents.parallel import Parallelism, RunTasks
+from experiments.report import BaselineMeasurements, final_report, write_report
 from experiments.train import TrainRun, train_and_report
 from prune_env.env import PruningEnv
 from target_models import Target
@@ -25,58 +26,104 @@ RESULT_COLUMNS = (
 )
 
 
+def run_folder(out: Path, policy: str, budget: float, seed: int) -> Path:
+    """Where one run of a comparison keeps its ``report.json`` (and an agent its checkpoints)."""
+    return Path(out) / "runs" / f"{policy}-b{budget}-s{seed}"
+
+
+def finished_report(folder: Path) -> dict | None:
+    """The report of a finished run, None when it has none yet."""
+    path = folder / "report.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def run_heuristics(target: Target, config: dict, budget: float, seeds: list[int],
-                   names: tuple[str, ...] = HEURISTIC_NAMES, show_progress: bool = False) -> list[dict]:
-    """Reports of every heuristic at one budget for every seed (one environment per criterion)."""
+                   names: tuple[str, ...] = HEURISTIC_NAMES, show_progress: bool = False,
+                   out: Path | None = None, resume: bool = False) -> list[dict]:
+    """Reports of every heuristic at one budget for every seed (one environment per criterion).
+    With ``out`` each run's report is written to its :func:`run_folder` as it finishes, and
+    with ``resume`` a run whose report is there is read back instead of run again."""
     envs: dict[str, PruningEnv] = {}
     baselines: dict[str, BaselineMeasurements] = {}  # the unpruned network measured once per environment
     reports = []
     for name in names:
         criterion = HEURISTICS[name].preferred_criterion or config["env"].get("criterion", "l1")
-        if criterion not in envs:
-            envs[criterion] = PruningEnv(target, **{**config["env"], "flops_budget": budget, "criterion": criterion})
-            baselines[criterion] = BaselineMeasurements(envs[criterion])
-        env = envs[criterion]
         for seed in seeds:
-            started = time.perf_counter()
-            model, record, episodes = prune_with(env, make_heuristic(name, env, seed=seed), seed)
-            report, _ = final_report(env, model, record, policy=name, seed=seed,
-                                     search_seconds=time.perf_counter() - started, episodes=episodes,
-                                     finetune_epochs=config["evaluate"]["finetune_epochs"],
-                                     latency_batch_size=config["evaluate"]["latency_batch_size"],
-                                     show_progress=show_progress, baseline=baselines[criterion])
-            report["val_reward"] = record["reward"]
+            folder = None if out is None else run_folder(out, name, budget, seed)
+            report = finished_report(folder) if resume and folder is not None else None
+            if report is None:
+                if criterion not in envs:
+                    envs[criterion] = PruningEnv(target, **{**config["env"], "flops_budget": budget,
+                                                            "criterion": criterion})
+                    baselines[criterion] = BaselineMeasurements(envs[criterion])
+                env = envs[criterion]
+                started = time.perf_counter()
+                model, record, episodes = prune_with(env, make_heuristic(name, env, seed=seed), seed)
+                report, _ = final_report(env, model, record, policy=name, seed=seed,
+                                         search_seconds=time.perf_counter() - started, episodes=episodes,
+                                         finetune_epochs=config["evaluate"]["finetune_epochs"],
+                                         latency_batch_size=config["evaluate"]["latency_batch_size"],
+                                         show_progress=show_progress, baseline=baselines[criterion])
+                report["val_reward"] = record["reward"]
+                if folder is not None:
+                    write_report(folder, report, {**config, "target": target.name, "policy": name, "seed": seed})
             reports.append(report)
             print(f"  {name:14s} budget {budget} seed {seed}: {report['metric_name']} "
                   f"{report['metric_pruned']:.4f} -> {report['metric_finetuned']:.4f} after fine-tuning")
     return reports
 
 
+def run_agent(target: Target, config: dict, kind: str, budget: float, seed: int, out: Path,
+              reference: float | None, resume: bool = False, show_progress: bool = False) -> dict:
+    """One trained agent of a comparison, in its :func:`run_folder`; with ``resume`` a finished
+    run is read back and an interrupted one continues from its checkpoint."""
+    folder = run_folder(out, kind, budget, seed)
+    report = finished_report(folder) if resume else None
+    if report is None:
+        run_config = {**config, "env": {**config["env"], "flops_budget": budget}}
+        report = train_and_report(TrainRun(
+            target=target, agent=kind, config=run_config, out=folder, seed=seed, export=False,
+            resume=resume and (folder / "checkpoint" / "search_state.pt").is_file(),
+            reference_reward=reference, show_progress=show_progress))
+    print(f"  {kind:14s} budget {budget} seed {seed}: {report['metric_pruned']:.4f} -> "
+          f"{report['metric_finetuned']:.4f} ({report['episodes']} episodes, {report['search_seconds']:.0f} s)")
+    return report
+
+
 def compare(target: Target, config: dict, budgets: list[float], seeds: list[int], out: Path,
             heuristics: tuple[str, ...] = HEURISTIC_NAMES, train_agents: tuple[str, ...] = (),
             agent_configs: dict[str, dict] | None = None, agent_budgets: list[float] | None = None,
-            runs: list[Path] = (), show_progress: bool = False) -> pd.DataFrame:
-    """Every heuristic (and learned agent) at every budget and seed; writes runs.csv,
-    results.csv, results.md and pareto.png under ``out``; returns the per-run table.
-    Agents are trained at ``agent_budgets`` (default: every budget)."""
+            runs: list[Path] = (), show_progress: bool = False, resume: bool = False,
+            parallel: Parallelism | None = None) -> pd.DataFrame:
+    """Every heuristic (and learned agent) at every budget and seed; writes each run's report
+    under ``out/runs/``, then runs.csv, results.csv, results.md and pareto.png under ``out``;
+    returns the per-run table. Agents are trained at ``agent_budgets`` (default: every
+    budget). ``resume`` skips finished runs. With ``parallel`` using Ray, the runs are Ray
+    tasks (heuristics: one task per budget and unit criterion; agents: one per budget and
+    seed), each reserving ``parallel.threads`` CPUs (default 1): the same reports and tables."""
     out.mkdir(parents=True, exist_ok=True)
-    rows: list[dict] = []
+    tasks = RunTasks(parallel or Parallelism())
+    groups: dict[float, list] = {}
+    for budget in budgets:
+        by_criterion: dict[str, list[str]] = {}
+        for name in heuristics:
+            criterion = HEURISTICS[name].preferred_criterion or config["env"].get("criterion", "l1")
+            by_criterion.setdefault(criterion, []).append(name)
+        groups[budget] = [tasks.submit(run_heuristics, target, config, budget, seeds, tuple(names), show_progress,
+                                       out, resume) for names in by_criterion.values()]
+    heuristic_reports = {budget: [r for group in tasks.gather(refs) for r in group] for budget, refs in groups.items()}
+    agent_refs: dict[float, list] = {}
     for budget in budgets:
         print(f"{target.name} at {budget:.0%} of the FLOPs")
-        heuristic_reports = run_heuristics(target, config, budget, seeds, heuristics, show_progress)
-        rows += heuristic_reports
-        reference = max((r["val_reward"] for r in heuristic_reports), default=None)
-        for kind in train_agents if agent_budgets is None or budget in agent_budgets else ():
-            agent_config = (agent_configs or {}).get(kind, config)
-            for seed in seeds:
-                run_config = {**agent_config, "env": {**agent_config["env"], "flops_budget": budget}}
-                report = train_and_report(TrainRun(
-                    target=target, agent=kind, config=run_config, out=out / "runs" / f"{kind}-b{budget}-s{seed}",
-                    seed=seed, export=False, reference_reward=reference, show_progress=show_progress))
-                rows.append(report)
-                print(f"  {kind:14s} budget {budget} seed {seed}: {report['metric_pruned']:.4f} -> "
-                      f"{report['metric_finetuned']:.4f} ({report['episodes']} episodes, "
-                      f"{report['search_seconds']:.0f} s)")
+        reference = max((r["val_reward"] for r in heuristic_reports[budget]), default=None)
+        agent_refs[budget] = [
+            tasks.submit(run_agent, target, (agent_configs or {}).get(kind, config), kind, budget, seed, out,
+                         reference, resume, show_progress)
+            for kind in (train_agents if agent_budgets is None or budget in agent_budgets else ()) for seed in seeds]
+    rows: list[dict] = []
+    for budget in budgets:
+        rows += sorted(heuristic_reports[budget], key=lambda r: (heuristics.index(r["policy"]), r["seed"]))
+        rows += tasks.gather(agent_refs[budget])
     for run in runs:
         rows.append(json.loads((Path(run) / "report.json").read_text()))
     table = pd.DataFrame(rows)

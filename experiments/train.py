@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agents.callbacks import TopCandidatesCallback
+from agents.parallel import Parallelism
 from agents.search import (
     SearchMonitor,
     action_mode_of,
@@ -47,6 +48,8 @@ class TrainRun:
     """Record the first episode whose reward reaches this (e.g. the best heuristic's)."""
     show_progress: bool = True
     """Progress bars."""
+    parallel: Parallelism = Parallelism()
+    """Episode workers (``--workers``, ``--threads``, ``--ray``): same results, less time."""
     baselines: tuple[str, ...] = ("uniform", "l1", "ngf")
     """Single-shot heuristics played once each, with their own criterion, in the same
     environment settings: their rewards are printed beside the agent's best, and the best
@@ -94,6 +97,15 @@ def refuse_changed_settings(saved_path: Path, resolved: dict) -> None:
                          f"({', '.join(sorted(changed))}); resume with the same flags, or start a new --out")
 
 
+def start_workers(parallel: Parallelism, agent: str, env: PruningEnv):
+    """The episode workers of agent kind ``agent`` (None: serial)."""
+    if agent == "ppo" and (parallel.workers > 1 or parallel.uses_ray):
+        raise UsageError("ppo steps its environment once per layer and needs each reward before its next "
+                         "rollout step: it runs serially; --workers and --ray serve reinforce, reinforce_channels, "
+                         "random_search and evolution")
+    return parallel.start(env)
+
+
 def train_and_report(run: TrainRun) -> dict:
     """Search, keep the best network, fine-tune, measure on the test split, save, export."""
     target, out = run.target, Path(run.out)
@@ -121,10 +133,14 @@ def train_and_report(run: TrainRun) -> dict:
     else:
         agent = make_agent(run.agent, env, run.config.get("agent"), seed=run.seed)
     write_json(out / "config.json", resolved)
+    agent.workers = start_workers(run.parallel, run.agent, env)
     try:
         search(agent, env, monitor, episodes, out / "checkpoint")
     finally:
         monitor.close()
+        if agent.workers is not None:
+            agent.workers.close()
+            agent.workers = None
     model, record = best_of(monitor, env, agent)
     reselection = None
     if top and top[0].records:

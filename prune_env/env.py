@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import gymnasium as gym
@@ -165,6 +167,7 @@ class PruningEnv(gym.Env):
         latency_engine: str = "torch",
     ):
         super().__init__()
+        self._arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.target = get_target(target, data_dir, limit) if isinstance(target, str) else target
         if not 0.0 < min_keep <= 1.0:
             raise ValueError(f"min_keep must be in (0, 1], got {min_keep}")
@@ -241,10 +244,20 @@ class PruningEnv(gym.Env):
         self._t, self._counts = 0, np.array(self.units)
         self._kept: list[np.ndarray] = []
         self._needs_reset = True
+        self._episode_seed: int | None = None
+        self._deferred = False
+        self._prefetched: dict[tuple, dict[str, Any]] = {}
+        self._last_rng_state: dict | None = None
+
+    def arguments(self) -> dict[str, Any]:
+        """The constructor arguments this environment was built with (``PruningEnv(**arguments)``
+        builds the same environment again, in another process: see :mod:`agents.parallel`)."""
+        return dict(self._arguments)
 
     # ---- Gymnasium API -------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
+        self._episode_seed = seed
         self._t = 0
         self._counts = np.array(self.units)
         self._kept = []
@@ -273,14 +286,23 @@ class PruningEnv(gym.Env):
 
     # ---- episode end -----------------------------------------------------------------
     def _finish_episode(self) -> dict[str, Any]:
+        kept = list(self._kept) if self.action_mode == "mask" else None
+        key = network_key(self._counts, kept)
+        if self._deferred:
+            return {"keep_counts": [int(c) for c in self._counts], "network_key": key,
+                    "episode_seed": self._episode_seed, "reward": float("nan"), "deferred": True}
         self.timings["episodes"] += 1
-        self._last_counts = self._counts.copy()
-        self._last_kept = list(self._kept) if self.action_mode == "mask" else None
-        key = network_key(self._counts, self._last_kept)
+        self._last_counts, self._last_kept = self._counts.copy(), kept
+        self._last_rng_state = copy.deepcopy(self.np_random.bit_generator.state)
         if self._cache is not None and key in self._cache:
             self.cache_hits += 1
             return copy.deepcopy(self._cache[key])
         self.cache_misses += 1
+        prefetched = self._prefetched.pop((self._episode_seed, key), None)
+        if prefetched is not None:  # measured by a worker (agents.parallel): built again only when asked for
+            if self._cache is not None:
+                self._cache[key] = copy.deepcopy(prefetched)
+            return prefetched
         model = self._build(self._counts, self._last_kept)
         started = time.perf_counter()
         metric = self._evaluate(model)
@@ -316,10 +338,39 @@ class PruningEnv(gym.Env):
 
     @property
     def last_model(self) -> nn.Module | None:
-        """The last episode's pruned network, as measured (rebuilt on demand after a cache hit)."""
+        """The last episode's pruned network, as measured (rebuilt on demand after a cache hit
+        or a measurement made elsewhere, from the random state the episode ended with)."""
         if self._last_model is None and self._last_counts is not None:
-            self._last_model = self._build(self._last_counts, self._last_kept)
+            now = self.np_random.bit_generator.state
+            self.np_random.bit_generator.state = self._last_rng_state
+            try:
+                self._last_model = self._build(self._last_counts, self._last_kept)
+            finally:
+                self.np_random.bit_generator.state = now
         return self._last_model
+
+    # ---- measuring elsewhere (agents.parallel) ---------------------------------------
+    @contextmanager
+    def deferred_measurement(self) -> Iterator[None]:
+        """Within it, an episode's last step measures nothing: its report holds only
+        ``keep_counts``, ``network_key`` and ``episode_seed`` (reward NaN, ``deferred``), and
+        the cache, counters and ``last_model`` are untouched. Used to plan a batch of episodes
+        whose networks are then measured in parallel."""
+        self._deferred = True
+        try:
+            yield
+        finally:
+            self._deferred = False
+
+    def is_measured(self, key: tuple) -> bool:
+        """Whether an episode ending in network ``key`` would be answered from the cache."""
+        return self._cache is not None and key in self._cache
+
+    def prefetch(self, seed: int | None, key: tuple, record: dict[str, Any]) -> None:
+        """Hand in the record of network ``key`` measured elsewhere for the episode reset with
+        ``seed``: when that episode ends here, it returns ``record`` instead of measuring (and
+        caches it, as a measurement made here would be)."""
+        self._prefetched[(seed, key)] = record
 
     def score(self, model: nn.Module) -> float:
         """Prepare ``model`` (a pruned copy, never the pretrained model) in place with the

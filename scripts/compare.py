@@ -4,7 +4,10 @@
         [--runs runs/A runs/B] [--train-agents ppo,reinforce] [--episodes N] --out results/cnn
 
 Writes OUT/results.csv and OUT/results.md (one row per policy and budget, mean ± std over
-seeds), OUT/runs.csv (one row per run) and OUT/pareto.png.
+seeds), OUT/runs.csv (one row per run) and OUT/pareto.png; each run's report is kept in
+OUT/runs/<policy>-b<budget>-s<seed>/, so --resume after an interruption skips finished runs.
+With --ray (a local Ray cluster) or --ray-address ADDR (an existing one) the runs are Ray
+tasks of --threads CPUs each, with the same reports and tables.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import argparse
 from pathlib import Path
 
 from agents import HEURISTICS
+from agents.parallel import add_parallel_arguments, parallelism_from_args
 from agents.search import AGENTS
 from experiments.compare import HEURISTIC_NAMES, compare
 from prune_env.cli import (
@@ -60,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluation_arguments(parser)
     parser.add_argument("--out", required=True, help="folder for the tables and the plot")
     parser.add_argument("--force", action="store_true", help="overwrite the results already in --out")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted comparison in --out: finished runs (OUT/runs/*/report.json) "
+                             "are read back, interrupted agent runs continue from their checkpoints")
+    add_parallel_arguments(parser, workers=False, what="the runs as Ray tasks")
     return parser
 
 
@@ -70,7 +78,8 @@ def main() -> None:
     check_at_least("--reselect-top", args.reselect_top, 0)
     check_at_least("--finetune-epochs", args.finetune_epochs, 0)
     check_at_least("--val-size", args.val_size, 1)
-    out = check_out_folder(args.out, ("results.csv", "runs.csv"), args.force)
+    out = check_out_folder(args.out, ("results.csv", "runs.csv"), args.force or args.resume)
+    parallel = parallelism_from_args(args)
     missing = [r for r in args.runs if not (Path(r) / "report.json").is_file()]
     if missing:
         raise UsageError(f"--runs {missing[0]} holds no report.json; give run folders of scripts/train_agent.py "
@@ -96,7 +105,7 @@ def main() -> None:
     check_budget_reachable(target, min(budgets), config["env"]["min_keep"], flag="--flops-budgets", round_to=config["env"].get("round_to"))
     compare(target, config, budgets, list(range(args.seeds)), out, heuristics=heuristics,
             train_agents=agents, agent_configs=agent_configs, agent_budgets=agent_budgets,
-            runs=[Path(r) for r in args.runs])
+            runs=[Path(r) for r in args.runs], resume=args.resume, parallel=parallel)
     print((out / "results.md").read_text())
     print(f"wrote {out}/results.csv, results.md, runs.csv, pareto.png")
 

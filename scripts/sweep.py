@@ -11,13 +11,18 @@ network at every step); ``magnitude`` zeroes that fraction of all weights (unstr
 Writes OUT/sweep.csv and OUT/sweep.png and reports the largest fraction whose metric stays
 within --tolerance (relative) or --max-drop (absolute) of the unpruned one, measured on the
 test split.
+
+Several methods (--method l1,ngf,magnitude) are several runs, each in OUT/<method>/; with
+--ray (a local Ray cluster) or --ray-address ADDR (an existing one) they run as Ray tasks of
+--threads CPUs each, and --resume skips the methods that finished (OUT/<method>/sweep.json).
 """
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import json
 
+from agents.parallel import RunTasks, add_parallel_arguments, parallelism_from_args
 from experiments.sweep import METHODS, sweep
 from prune_env.cli import (
     UsageError,
@@ -34,7 +39,9 @@ from prune_env.cli import (
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(__doc__)
     add_target_arguments(parser)
-    parser.add_argument("--method", required=True, choices=list(METHODS), help="how units (or weights) are chosen")
+    parser.add_argument("--method", required=True,
+                        help=f"how units (or weights) are chosen, one of {','.join(METHODS)}, or several separated "
+                             "by commas")
     parser.add_argument("--fractions", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
                         help="fractions to remove, each in (0, 1), separated by commas")
     parser.add_argument("--finetune-epochs", type=float, default=0.0, help="fine-tuning after each step")
@@ -43,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     drop.add_argument("--max-drop", type=float, default=None,
                       help="absolute drop of the metric allowed instead (0.01: one point of accuracy)")
     parser.add_argument("--out", required=True, help="folder for sweep.csv, sweep.json and sweep.png")
+    parser.add_argument("--resume", action="store_true", help="skip the methods whose sweep finished in --out")
+    add_parallel_arguments(parser, workers=False, what="one Ray task per method")
     return parser
 
 
@@ -54,13 +63,25 @@ def main() -> None:
         raise UsageError(f"--tolerance must lie in [0, 1), got {args.tolerance}")
     if args.max_drop is not None and args.max_drop < 0:
         raise UsageError(f"--max-drop must be at least 0, got {args.max_drop}")
-    check_out_folder(args.out, results=())
+    methods = [m for m in args.method.split(",") if m]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise UsageError(f"unknown --method {','.join(unknown) or args.method!r}; choose from {', '.join(METHODS)}")
+    out = check_out_folder(args.out, results=())
+    folders = {m: out if len(methods) == 1 else out / m for m in methods}
+    todo = [m for m in methods if not (args.resume and (folders[m] / "sweep.json").is_file())]
+    for m in set(methods) - set(todo):
+        print(f"{m}: finished in {folders[m]}, skipped (--resume)")
     target = target_from_args(args)
-    summary = sweep(target, args.method, fractions, Path(args.out), args.finetune_epochs, args.tolerance,
-                    args.max_drop)
-    largest = summary["largest_fraction_within_tolerance"]
+    tasks = RunTasks(parallelism_from_args(args))
+    handles = [tasks.submit(sweep, target, m, fractions, folders[m], args.finetune_epochs, args.tolerance,
+                            args.max_drop) for m in todo]
+    tasks.gather(handles)
     allowed = f"{args.max_drop:g} (absolute)" if args.max_drop is not None else f"{args.tolerance:.0%}"
-    print(f"largest fraction within {allowed} of the unpruned {target.metric_name}: {largest:.2f}")
+    for m in methods:
+        summary = json.loads((folders[m] / "sweep.json").read_text())
+        print(f"{m}: largest fraction within {allowed} of the unpruned {target.metric_name}: "
+              f"{summary['largest_fraction_within_tolerance']:.2f}")
 
 
 if __name__ == "__main__":

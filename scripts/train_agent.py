@@ -2,10 +2,17 @@
 
     python scripts/train_agent.py --target vgg16_cifar10 [--agent ppo|reinforce|random_search|evolution]
         [--flops-budget B] [--reward R] [--episodes N] [--seed S] [--config FILE] [--out runs/NAME] [--resume]
+        [--workers N [--threads T]] [--ray | --ray-address ADDR]
 
 Pretrains the target first when it has no checkpoint. Logs to TensorBoard under
 OUT/tensorboard, checkpoints the agent under OUT/checkpoint (``--resume`` continues from
 there), and writes OUT/report.json, OUT/config.json, OUT/pruned_model.pt and the exports.
+
+With --workers N, agents that measure a batch of episodes before they update (reinforce,
+reinforce_channels, random_search, evolution) measure each batch in N worker processes,
+each with its own model, data and --threads torch threads; --ray (a local cluster) or
+--ray-address ADDR (an existing one) makes the workers Ray actors. The results are those
+of the serial run with the same seed.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import argparse
 from datetime import datetime
 from pathlib import Path
 
+from agents.parallel import add_parallel_arguments, parallelism_from_args
 from agents.search import AGENTS
 from experiments.report import format_report
 from experiments.train import TrainRun, train_and_report
@@ -59,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluation_arguments(parser)
     parser.add_argument("--no-export", action="store_true", help="write no TorchScript and ONNX files")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_parallel_arguments(parser)
     return parser
 
 
@@ -71,6 +80,7 @@ def main() -> None:
     check_at_least("--reselect-top", args.reselect_top, 0)
     check_at_least("--seed", args.seed, 0)
     check_at_least("--finetune-epochs", args.finetune_epochs, 0)
+    parallel = parallelism_from_args(args)
     config = load_config(args.target, args.agent, args.config, overrides={
         "env": {"flops_budget": args.flops_budget, "reward": args.reward, **evaluation_overrides(args)},
         "search": {"episodes": args.episodes, "reselect_top": args.reselect_top}, "evaluate": {"finetune_epochs": args.finetune_epochs},
@@ -84,7 +94,7 @@ def main() -> None:
     prepare_run_folder(out, args.resume, args.force)
     report = train_and_report(TrainRun(target=target, agent=args.agent, config=config, out=out,
                                        seed=args.seed, resume=args.resume, export=not args.no_export,
-                                       show_progress=not args.quiet))
+                                       show_progress=not args.quiet, parallel=parallel))
     print(format_report(report))
     print(f"wrote {out / 'report.json'}")
 

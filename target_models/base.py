@@ -188,6 +188,12 @@ class SupervisedTarget(Target):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Arrays to model-ready tensors, with training augmentation when asked."""
 
+    def __getstate__(self) -> dict:
+        """Pickled without the loaded data (worker processes load it again from disk)."""
+        state = dict(vars(self))
+        state.pop("data", None)
+        return state
+
     @cached_property
     def data(self) -> Splits:
         return self.load_splits()
