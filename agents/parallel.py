@@ -115,6 +115,12 @@ def init_ray(address: str | None = None, cpus: int | None = None) -> None:
         ray.init(num_cpus=cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
 
 
+def ray_runtime_env() -> dict:
+    """The project's settings (``PRUNE_ENV_*``: data and checkpoint folders) for Ray workers,
+    which may have been started before they were set, or on other machines."""
+    return {"env_vars": {k: v for k, v in os.environ.items() if k.startswith("PRUNE_ENV_")}}
+
+
 class _RayEpisodeWorker:
     """A Ray actor holding one copy of the environment."""
 
@@ -135,7 +141,7 @@ class RayEpisodeWorkers(EpisodeWorkers):
         init_ray(address)
         self.workers = workers
         self.threads = threads or max(1, int(ray.cluster_resources().get("CPU", 1)) // workers)
-        actor = ray.remote(num_cpus=self.threads)(_RayEpisodeWorker)
+        actor = ray.remote(num_cpus=self.threads, runtime_env=ray_runtime_env())(_RayEpisodeWorker)
         shared = ray.put(_portable(arguments))
         self._actors = [actor.remote(shared, self.threads) for _ in range(workers)]
         self._ray = ray
@@ -207,7 +213,7 @@ class RunTasks:
             ray = import_ray()
             init_ray(parallel.ray_address)
             self._ray = ray
-            self._remote = ray.remote(num_cpus=parallel.threads or 1)(_call_with_threads)
+            self._remote = ray.remote(num_cpus=parallel.threads or 1, runtime_env=ray_runtime_env())(_call_with_threads)
 
     def submit(self, fn, *args):
         """Start ``fn(*args)`` (here: run it now); a handle for :meth:`gather`."""

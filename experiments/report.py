@@ -82,7 +82,9 @@ def final_report(env: PruningEnv, model: nn.Module, record: dict, *, policy: str
     metric_base = baseline.metric
     finetuned = copy.deepcopy(model)
     if finetune_epochs > 0:
-        target.finetune(finetuned, epochs=finetune_epochs, seed=seed, show_progress=show_progress)
+        with torch.random.fork_rng():  # the same fine-tune whatever ran before in this process
+            torch.manual_seed(seed)
+            target.finetune(finetuned, epochs=finetune_epochs, seed=seed, show_progress=show_progress)
     example = target.example_input(latency_batch_size)
     base_latency = baseline.latency(latency_batch_size)
     pruned_latency = measure_latency(finetuned, example, device=target.device)

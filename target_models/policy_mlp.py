@@ -99,7 +99,8 @@ class CartPolePolicy(Target):
             with torch.no_grad():
                 target = teacher(x).argmax(1)
             model.train()
-            batches = (idx for _ in range(5) for idx in torch.randperm(len(x)).split(256))
+            order = torch.Generator().manual_seed(1000 * seed + r)  # own generator: the same batches whatever ran before
+            batches = (idx for _ in range(5) for idx in torch.randperm(len(x), generator=order).split(256))
             for idx in itertools.islice(batches, steps):
                 loss = F.cross_entropy(model(x[idx]), target[idx])
                 optimizer.zero_grad()
