@@ -101,12 +101,12 @@ def _table(out) -> pd.DataFrame:
 def test_compare_through_ray_tasks_gives_the_serial_tables(pretrained_cartpole, local_ray, tmp_path):
     target = get_target("cartpole_policy")
     config = _small_config()
-    kwargs = {"budgets": [0.3, 0.6], "seeds": [0, 1], "heuristics": ("uniform", "ngf", "random"),
+    kwargs = {"budgets": [0.3], "seeds": [0, 1], "heuristics": ("uniform", "ngf"),
               "train_agents": ("random_search",), "agent_configs": {"random_search": _small_config("random_search", 4)}}
     compare(target, config, out=tmp_path / "serial", **kwargs)
     compare(target, config, out=tmp_path / "ray", parallel=Parallelism(threads=1, ray=True), **kwargs)
     serial, ray_table = _table(tmp_path / "serial"), _table(tmp_path / "ray")
-    assert len(serial) == 2 * 2 * 4
+    assert len(serial) == 2 * 3 and serial["metric_finetuned"].nunique() > 1
     pd.testing.assert_frame_equal(ray_table, serial)
 
 
