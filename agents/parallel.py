@@ -22,6 +22,7 @@ run with the same seed; only the wall-clock time differs.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,13 +41,21 @@ RAY_INSTALL = "pip install -e '.[ray]'"
 _worker_env = None  # the environment of this worker process
 
 
-def _start_worker(arguments: dict[str, Any], threads: int) -> None:
-    """Build the worker's environment once (in a pool's worker process)."""
+def _start_worker(arguments: dict[str, Any], threads: int, ready=None) -> None:
+    """Build the worker's environment once (in a pool's worker process, or a Ray actor);
+    then wait at ``ready``, a barrier for all workers and the process that started them."""
     global _worker_env
     from prune_env.env import PruningEnv
 
     torch.set_num_threads(threads)
-    _worker_env = PruningEnv(**arguments)
+    try:
+        _worker_env = PruningEnv(**arguments)
+    except BaseException:
+        if ready is not None:
+            ready.abort()  # the process that started the workers stops waiting, with an error
+        raise
+    if ready is not None:
+        ready.wait()
 
 
 def _replay(env: gym.Env, seed: int | None, actions: Sequence[np.ndarray]) -> dict:
@@ -76,8 +85,16 @@ class EpisodeWorkers:
         self.workers = workers
         self.threads = threads or max(1, (os.cpu_count() or 1) // workers)
         # spawn: a fresh interpreter per worker (forking a process that has run torch's thread pool can hang)
-        self._pool = multiprocessing.get_context("spawn").Pool(
-            workers, initializer=_start_worker, initargs=(_portable(arguments), self.threads))
+        context = multiprocessing.get_context("spawn")
+        ready = context.Barrier(workers + 1)
+        self._pool = context.Pool(workers, initializer=_start_worker,
+                                  initargs=(_portable(arguments), self.threads, ready))
+        try:
+            ready.wait()  # every worker has built its environment
+        except threading.BrokenBarrierError:
+            self.close()
+            raise RuntimeError("an episode worker could not build its environment (its error is printed above); "
+                               "run with --workers 1 to see it here") from None
 
     def measure(self, plans: list[tuple[int | None, list[np.ndarray]]]) -> list[dict]:
         """The record of every plan (reset seed, actions), in order."""
@@ -130,6 +147,9 @@ class _RayEpisodeWorker:
     def measure(self, plan):
         return _measure(plan)
 
+    def ready(self) -> bool:
+        return True
+
 
 class RayEpisodeWorkers(EpisodeWorkers):
     """The episode workers as Ray actors (``address``: an existing cluster; None: a local one
@@ -145,6 +165,7 @@ class RayEpisodeWorkers(EpisodeWorkers):
         shared = ray.put(_portable(arguments))
         self._actors = [actor.remote(shared, self.threads) for _ in range(workers)]
         self._ray = ray
+        ray.get([a.ready.remote() for a in self._actors])  # every actor has built its environment
 
     def measure(self, plans):
         from ray.util import ActorPool
