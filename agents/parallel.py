@@ -68,8 +68,10 @@ def _replay(env: gym.Env, seed: int | None, actions: Sequence[np.ndarray]) -> di
     raise RuntimeError(f"{len(actions)} actions did not finish an episode")
 
 
-def _measure(plan: tuple[int | None, list[np.ndarray]]) -> dict:
-    return _replay(_worker_env, *plan)
+def _measure(plan: tuple[int | None, list[np.ndarray]]) -> tuple[dict, torch.nn.Module | None]:
+    """The record of a planned episode and the network it measured (None on a cache hit)."""
+    record = _replay(_worker_env, *plan)
+    return record, _worker_env._last_model
 
 
 class EpisodeWorkers:
@@ -96,8 +98,8 @@ class EpisodeWorkers:
             raise RuntimeError("an episode worker could not build its environment (its error is printed above); "
                                "run with --workers 1 to see it here") from None
 
-    def measure(self, plans: list[tuple[int | None, list[np.ndarray]]]) -> list[dict]:
-        """The record of every plan (reset seed, actions), in order."""
+    def measure(self, plans: list[tuple[int | None, list[np.ndarray]]]) -> list[tuple[dict, torch.nn.Module | None]]:
+        """The record and measured network of every plan (reset seed, actions), in order."""
         return self._pool.map(_measure, plans, chunksize=1) if plans else []
 
     def close(self) -> None:
@@ -288,8 +290,9 @@ def play_episodes(env: gym.Env, actions: Sequence[ActionFn], seeds: Sequence[int
             if not base.is_measured(report["network_key"]) and key not in seen:
                 seen.add(key)
                 to_measure.append((seed, played, report["network_key"]))
-    for (seed, _, key), record in zip(to_measure, workers.measure([(s, a) for s, a, _ in to_measure]), strict=True):
-        base.prefetch(seed, key, record)
+    measured = workers.measure([(s, a) for s, a, _ in to_measure])
+    for (seed, _, key), (record, model) in zip(to_measure, measured, strict=True):
+        base.prefetch(seed, key, record, model)
     return [_replay(env, seed, played) for seed, played in plans]
 
 

@@ -246,7 +246,7 @@ class PruningEnv(gym.Env):
         self._needs_reset = True
         self._episode_seed: int | None = None
         self._deferred = False
-        self._prefetched: dict[tuple, dict[str, Any]] = {}
+        self._prefetched: dict[tuple, tuple[dict[str, Any], nn.Module | None]] = {}
         self._last_rng_state: dict | None = None
 
     def arguments(self) -> dict[str, Any]:
@@ -299,10 +299,11 @@ class PruningEnv(gym.Env):
             return copy.deepcopy(self._cache[key])
         self.cache_misses += 1
         prefetched = self._prefetched.pop((self._episode_seed, key), None)
-        if prefetched is not None:  # measured by a worker (agents.parallel): built again only when asked for
+        if prefetched is not None:  # measured by a worker (agents.parallel)
+            record, self._last_model = prefetched
             if self._cache is not None:
-                self._cache[key] = copy.deepcopy(prefetched)
-            return prefetched
+                self._cache[key] = copy.deepcopy(record)
+            return record
         model = self._build(self._counts, self._last_kept)
         started = time.perf_counter()
         metric = self._evaluate(model)
@@ -366,11 +367,12 @@ class PruningEnv(gym.Env):
         """Whether an episode ending in network ``key`` would be answered from the cache."""
         return self._cache is not None and key in self._cache
 
-    def prefetch(self, seed: int | None, key: tuple, record: dict[str, Any]) -> None:
+    def prefetch(self, seed: int | None, key: tuple, record: dict[str, Any], model: nn.Module | None = None) -> None:
         """Hand in the record of network ``key`` measured elsewhere for the episode reset with
-        ``seed``: when that episode ends here, it returns ``record`` instead of measuring (and
-        caches it, as a measurement made here would be)."""
-        self._prefetched[(seed, key)] = record
+        ``seed`` (and the measured network, or None to build it again when asked for): when
+        that episode ends here, it returns ``record`` instead of measuring, and caches it, as a
+        measurement made here would be."""
+        self._prefetched[(seed, key)] = (record, model)
 
     def score(self, model: nn.Module) -> float:
         """Prepare ``model`` (a pruned copy, never the pretrained model) in place with the
