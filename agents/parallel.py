@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -280,6 +281,7 @@ def play_episodes(env: gym.Env, actions: Sequence[ActionFn], seeds: Sequence[int
     if workers is None:
         return [_play(env, act, seed) for act, seed in zip(actions, seeds, strict=True)]
     base = env.unwrapped
+    started = time.perf_counter()
     plans, to_measure, seen = [], [], set()
     with base.deferred_measurement():
         for act, seed in zip(actions, seeds, strict=True):
@@ -290,10 +292,16 @@ def play_episodes(env: gym.Env, actions: Sequence[ActionFn], seeds: Sequence[int
             if not base.is_measured(report["network_key"]) and key not in seen:
                 seen.add(key)
                 to_measure.append((seed, played, report["network_key"]))
+    planned = time.perf_counter()
     measured = workers.measure([(s, a) for s, a, _ in to_measure])
     for (seed, _, key), (record, model) in zip(to_measure, measured, strict=True):
         base.prefetch(seed, key, record, model)
-    return [_replay(env, seed, played) for seed, played in plans]
+    waited = time.perf_counter()
+    reports = [_replay(env, seed, played) for seed, played in plans]
+    # the parallel overhead: what this process does alone, against the time the workers take
+    base.timings["parallel_main"] += planned - started + time.perf_counter() - waited
+    base.timings["parallel_measure"] += waited - planned
+    return reports
 
 
 def _play(env: gym.Env, act: ActionFn, seed: int | None, played: list | None = None) -> dict:

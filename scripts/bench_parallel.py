@@ -6,20 +6,28 @@
 Each setting (WORKERSxTHREADS, ``ray`` in front: as Ray actors on a local cluster) runs the
 same search with the same seed from the same fresh environment; the script checks that
 every setting measured the same rewards, and prints the seconds to start the workers, the
-search's seconds and episodes per second, and the speed-up over the first setting. Run it
+search's seconds and episodes per second, the speed-up over the first setting, and the
+parallel overhead: the seconds per episode the main process spends alone (planning,
+replaying, callbacks) while the workers wait. Run it
 on an idle machine: two torch processes at once slow each other down.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
 from agents.parallel import Parallelism, init_ray
 from agents.search import SearchMonitor, action_mode_of, make_agent, search
-from prune_env.cli import UsageError, add_target_arguments, check_at_least, make_parser, run_main, target_from_args
+from prune_env.cli import (
+    UsageError,
+    add_target_arguments,
+    check_at_least,
+    make_parser,
+    run_main,
+    target_from_args,
+)
 from prune_env.config import load_config
 from prune_env.env import PruningEnv
 
@@ -51,7 +59,10 @@ def run_setting(target, env_config: dict, agent: str, episodes: int, parallel: P
     return {"start_seconds": round(start_seconds, 2), "search_seconds": round(seconds, 2),
             "episodes": monitor.counted_episodes, "episodes_per_second": monitor.counted_episodes / seconds,
             "seconds_per_episode": seconds / monitor.counted_episodes, "rewards": monitor.rewards,
-            "cache_hits": env.cache_hits}
+            "cache_hits": env.cache_hits,
+            # parallel runs: seconds this process spent alone (planning, replaying, callbacks) and waiting
+            "main_seconds_per_episode": env.timings["parallel_main"] / monitor.counted_episodes,
+            "measure_seconds": round(env.timings["parallel_measure"], 2)}
 
 
 def main() -> None:
@@ -82,10 +93,12 @@ def main() -> None:
     same = all(r["rewards"] == first["rewards"] for r in rows.values())
     print(f"\n{args.target}, {args.agent}, {args.episodes} episodes, evaluation {config['env']['evaluation']}; "
           f"the same rewards in every setting: {same}")
-    print(f"{'setting':>8} {'start s':>8} {'search s':>9} {'episodes/s':>11} {'s/episode':>10} {'speed-up':>9}")
+    print(f"{'setting':>8} {'start s':>8} {'search s':>9} {'episodes/s':>11} {'s/episode':>10} {'speed-up':>9} "
+          f"{'main s/episode':>15}")
     for name, r in rows.items():
         print(f"{name:>8} {r['start_seconds']:8.1f} {r['search_seconds']:9.1f} {r['episodes_per_second']:11.3f} "
-              f"{r['seconds_per_episode']:10.3f} {first['search_seconds'] / r['search_seconds']:9.2f}x")
+              f"{r['seconds_per_episode']:10.3f} {first['search_seconds'] / r['search_seconds']:9.2f}x "
+              f"{r['main_seconds_per_episode']:15.4f}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"target": args.target, "agent": args.agent, "episodes": args.episodes,
