@@ -193,9 +193,9 @@ def _portable(arguments: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Parallelism:
-    """How a run spreads its work: ``workers`` episode workers (or, in ``compare.py`` and
-    ``sweep.py``, runs at once) of ``threads`` torch threads each, as processes here or as
-    Ray actors and tasks (``ray``: a local cluster; ``ray_address``: an existing one)."""
+    """How a run spreads its work: ``workers`` episode workers of ``threads`` torch threads
+    each, as processes here or as Ray actors (``ray``: a local cluster; ``ray_address``: an
+    existing one); in ``compare.py`` and ``sweep.py``, Ray tasks of ``threads`` CPUs each."""
 
     workers: int = 1
     threads: int | None = None
@@ -288,7 +288,7 @@ def play_episodes(env: gym.Env, actions: Sequence[ActionFn], seeds: Sequence[int
             played: list[np.ndarray] = []
             report = _play(base, act, seed, played)
             plans.append((seed, played))
-            key = (seed, report["network_key"]) if base._cache is None else report["network_key"]
+            key = report["network_key"] if base.caches_measurements else (seed, report["network_key"])
             if not base.is_measured(report["network_key"]) and key not in seen:
                 seen.add(key)
                 to_measure.append((seed, played, report["network_key"]))

@@ -363,6 +363,11 @@ class PruningEnv(gym.Env):
         finally:
             self._deferred = False
 
+    @property
+    def caches_measurements(self) -> bool:
+        """Whether a network measured once is answered from the cache afterwards."""
+        return self._cache is not None
+
     def is_measured(self, key: tuple) -> bool:
         """Whether an episode ending in network ``key`` would be answered from the cache."""
         return self._cache is not None and key in self._cache
