@@ -65,18 +65,23 @@ def run_setting(target, env_config: dict, agent: str, episodes: int, parallel: P
             "measure_seconds": round(env.timings["parallel_measure"], 2)}
 
 
-def main() -> None:
+def build_parser():
     parser = make_parser(__doc__)
     add_target_arguments(parser)
     parser.add_argument("--agent", default="random_search",
-                        choices=["random_search", "evolution", "reinforce", "reinforce_channels"])
+                        choices=["random_search", "evolution", "reinforce", "reinforce_channels"],
+                        help="the searcher whose episodes are measured")
     parser.add_argument("--episodes", type=int, default=32, help="episodes per setting")
     parser.add_argument("--flops-budget", type=float, default=0.5, help="fraction of the FLOPs to keep")
     parser.add_argument("--settings", default="1x2,2x1,ray1x2,ray2x1",
                         help="WORKERSxTHREADS per setting, ray in front for Ray actors, separated by commas")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=None, help="a JSON file for the figures")
-    args = parser.parse_args()
+    parser.add_argument("--seed", type=int, default=0, help="seeds the search")
+    parser.add_argument("--out", default=None, help="a JSON file for the figures (default: none)")
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     check_at_least("--episodes", args.episodes, 1)
     settings = [parse_setting(s) for s in args.settings.split(",") if s]
     target = target_from_args(args)
