@@ -61,12 +61,8 @@ def _start_worker(arguments: dict[str, Any], threads: int, ready=None) -> None:
 
 def _replay(env: gym.Env, seed: int | None, actions: Sequence[np.ndarray]) -> dict:
     """Play ``actions`` from a reset with ``seed``; the last step's report."""
-    env.reset(seed=seed)
-    for action in actions:
-        _, _, terminated, truncated, info = env.step(action)
-        if terminated or truncated:
-            return info["report"]
-    raise RuntimeError(f"{len(actions)} actions did not finish an episode")
+    remaining = iter(actions)
+    return _play(env, lambda layer, obs: next(remaining), seed)
 
 
 def _measure(plan: tuple[int | None, list[np.ndarray]]) -> tuple[dict, torch.nn.Module | None]:
@@ -83,8 +79,6 @@ class EpisodeWorkers:
     def __init__(self, arguments: dict[str, Any], workers: int, threads: int | None = None):
         import multiprocessing
 
-        if workers < 1:
-            raise UsageError(f"--workers must be at least 1, got {workers}")
         self.workers = workers
         self.threads = threads or max(1, (os.cpu_count() or 1) // workers)
         # spawn: a fresh interpreter per worker (forking a process that has run torch's thread pool can hang)
