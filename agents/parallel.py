@@ -16,7 +16,9 @@ three passes:
    environment, whose last step now finds its record handed in (:meth:`PruningEnv.prefetch`).
 
 Rewards, records, the best network and the checkpoints are therefore those of the serial
-run with the same seed; only the wall-clock time differs.
+run with the same seed; only the wall-clock time differs. PPO plays the first pass itself,
+as its SB3 rollout (:mod:`agents.ppo`), and hands the deferred reports to
+:func:`measure_and_replay`.
 """
 
 from __future__ import annotations
@@ -276,34 +278,41 @@ def play_episodes(env: gym.Env, actions: Sequence[ActionFn], seeds: Sequence[int
         return [_play(env, act, seed) for act, seed in zip(actions, seeds, strict=True)]
     base = env.unwrapped
     started = time.perf_counter()
-    plans, to_measure, seen = [], [], set()
-    with base.deferred_measurement():
+    with base.deferred_measurement() as planned:
         for act, seed in zip(actions, seeds, strict=True):
-            played: list[np.ndarray] = []
-            report = _play(base, act, seed, played)
-            plans.append((seed, played))
-            key = report["network_key"] if base.caches_measurements else (seed, report["network_key"])
-            if not base.is_measured(report["network_key"]) and key not in seen:
-                seen.add(key)
-                to_measure.append((seed, played, report["network_key"]))
-    planned = time.perf_counter()
-    measured = workers.measure([(s, a) for s, a, _ in to_measure])
-    for (seed, _, key), (record, model) in zip(to_measure, measured, strict=True):
-        base.prefetch(seed, key, record, model)
+            _play(base, act, seed)
+    base.timings["parallel_main"] += time.perf_counter() - started
+    return measure_and_replay(env, planned, workers)
+
+
+def measure_and_replay(env: gym.Env, planned: list[dict], workers: EpisodeWorkers) -> list[dict]:
+    """Passes 2 and 3 for the deferred reports ``planned`` (from
+    :meth:`PruningEnv.deferred_measurement`, in the order played): the workers measure the
+    networks not measured before, then each episode is played again through ``env``; the
+    final reports, in order."""
+    base = env.unwrapped
+    started = time.perf_counter()
+    to_measure, seen = [], set()
+    for report in planned:
+        seed, key = report["episode_seed"], report["network_key"]
+        distinct = key if base.caches_measurements else (seed, key)
+        if not base.is_measured(key) and distinct not in seen:
+            seen.add(distinct)
+            to_measure.append(report)
+    measured = workers.measure([(r["episode_seed"], r["actions"]) for r in to_measure])
+    for report, (record, model) in zip(to_measure, measured, strict=True):
+        base.prefetch(report["episode_seed"], report["network_key"], record, model)
     waited = time.perf_counter()
-    reports = [_replay(env, seed, played) for seed, played in plans]
+    reports = [_replay(env, r["episode_seed"], r["actions"]) for r in planned]
     # the parallel overhead: what this process does alone, against the time the workers take
-    base.timings["parallel_main"] += planned - started + time.perf_counter() - waited
-    base.timings["parallel_measure"] += waited - planned
+    base.timings["parallel_main"] += time.perf_counter() - waited
+    base.timings["parallel_measure"] += waited - started
     return reports
 
 
-def _play(env: gym.Env, act: ActionFn, seed: int | None, played: list | None = None) -> dict:
+def _play(env: gym.Env, act: ActionFn, seed: int | None) -> dict:
     obs, info = env.reset(seed=seed)
     while True:
-        action = act(info["layer"], obs)
-        if played is not None:
-            played.append(np.array(action, copy=True))
-        obs, _, terminated, truncated, info = env.step(action)
+        obs, _, terminated, truncated, info = env.step(act(info["layer"], obs))
         if terminated or truncated:
             return info["report"]

@@ -7,12 +7,16 @@ SB3) map linearly onto the keep-ratio range.
 
 from __future__ import annotations
 
+import functools
 import math
+import time
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
+import torch
 
+from agents.parallel import measure_and_replay
 from prune_env.env import PruningEnv
 from target_models.checkpoints import CheckpointError
 
@@ -20,6 +24,49 @@ from target_models.checkpoints import CheckpointError
 def _rescaled(env: gym.Env) -> gym.Env:
     one = np.ones(1, dtype=np.float32)
     return gym.wrappers.RescaleAction(env, min_action=-one, max_action=one)
+
+
+@functools.cache
+def _ppo_class():
+    """SB3's PPO, whose rollouts episode workers can measure (a class made on first use:
+    stable-baselines3 is slow to import)."""
+    from stable_baselines3 import PPO
+
+    class ParallelRolloutPPO(PPO):
+        """PPO whose rollout networks are measured by episode workers when ``measured_by`` is
+        set to (workers, the monitored env): the rollout is played with the measurements
+        deferred (the policy's actions and the observations never depend on a reward), then
+        :func:`~agents.parallel.measure_and_replay` measures the networks and records the
+        episodes through the monitored env, and their rewards go into the rollout buffer
+        before the advantages are computed again: the updates of a serial run."""
+
+        measured_by = None
+
+        def _excluded_save_params(self) -> list[str]:
+            return [*super()._excluded_save_params(), "measured_by"]
+
+        def collect_rollouts(self, env, callback, rollout_buffer, n_rollout_steps) -> bool:
+            if self.measured_by is None:
+                return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
+            workers, monitored = self.measured_by
+            base = monitored.unwrapped
+            started = time.perf_counter()
+            with base.deferred_measurement() as planned:
+                complete = super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
+            base.timings["parallel_main"] += time.perf_counter() - started
+            reports = measure_and_replay(monitored, planned, workers)
+            monitored.reset()  # SB3 reset the env after the rollout's last episode; the replays ended it again
+            rewards = [float(r["reward"]) for r in reports]
+            pending = np.isnan(rollout_buffer.rewards)  # the last steps of the rollout's episodes, in order
+            rollout_buffer.rewards[pending] = rewards
+            for info, reward in zip(list(self.ep_info_buffer)[-len(rewards):], rewards):
+                info["r"] = round(reward, 6)  # what SB3's Monitor logs as the episode's return
+            n_envs = rollout_buffer.rewards.shape[1]
+            # every rollout ends with an episode: the value after it is never used
+            rollout_buffer.compute_returns_and_advantage(torch.zeros(n_envs), np.ones(n_envs, dtype=bool))
+            return complete
+
+    return ParallelRolloutPPO
 
 
 class PPOAgent:
@@ -42,9 +89,9 @@ class PPOAgent:
         tensorboard_log: str | None = None,
         _model=None,
     ):
-        from stable_baselines3 import PPO
-
         self.env = env
+        self.workers = None
+        """:class:`~agents.parallel.EpisodeWorkers` that measure each rollout in parallel (None: serially)."""
         layers = env.n_layers
         n_steps = n_steps or layers * max(8, math.ceil(batch_size / layers))
         n_steps = layers * math.ceil(n_steps / layers)  # whole episodes per rollout
@@ -52,7 +99,7 @@ class PPOAgent:
                         "n_epochs": n_epochs, "batch_size": batch_size, "n_steps": n_steps,
                         "ent_coef": ent_coef, "net_arch": list(net_arch), "seed": seed}
         self.wrapped: gym.Env | None = None
-        self.model = _model or PPO(
+        self.model = _model or _ppo_class()(
             "MlpPolicy", _rescaled(env), learning_rate=learning_rate, gamma=gamma, clip_range=clip_range,
             n_epochs=n_epochs, batch_size=min(batch_size, n_steps), n_steps=n_steps, ent_coef=ent_coef,
             policy_kwargs={"net_arch": list(net_arch)}, seed=seed, device="cpu", verbose=0,
@@ -82,6 +129,8 @@ class PPOAgent:
         if env is not None and env is not self.wrapped:
             self.wrapped = env
             self.model.set_env(_rescaled(env))
+        monitored = self.wrapped or self.env
+        self.model.measured_by = None if self.workers is None else (self.workers, monitored)
         rollouts = max(1, math.ceil(total_episodes / self.episodes_per_update))
         for _ in range(rollouts):
             self.model.learn(self.hparams["n_steps"], reset_num_timesteps=False)
@@ -94,10 +143,8 @@ class PPOAgent:
 
     @classmethod
     def load(cls, path: str | Path, env: PruningEnv) -> PPOAgent:
-        from stable_baselines3 import PPO
-
         try:
-            model = PPO.load(path, env=_rescaled(env), device="cpu")
+            model = _ppo_class().load(path, env=_rescaled(env), device="cpu")
         except Exception as exc:
             raise CheckpointError(f"cannot read PPO agent {path} ({exc.__class__.__name__}: {exc})") from exc
         if model.observation_space.shape != env.observation_space.shape:

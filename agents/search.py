@@ -76,8 +76,8 @@ class SearchMonitor(gym.Wrapper):
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
-        if terminated or truncated:
-            self._record(info["report"])
+        if (terminated or truncated) and not info["report"].get("deferred"):
+            self._record(info["report"])  # a deferred episode is recorded when it is replayed, measured
         return obs, reward, terminated, truncated, info
 
     @property

@@ -99,10 +99,9 @@ def refuse_changed_settings(saved_path: Path, resolved: dict) -> None:
 
 def start_workers(parallel: Parallelism, agent: str, env: PruningEnv):
     """The episode workers of agent kind ``agent`` (None: serial)."""
-    if agent == "ppo" and (parallel.workers > 1 or parallel.uses_ray):
-        raise UsageError("ppo steps its environment once per layer and needs each reward before its next "
-                         "rollout step: it runs serially; --workers and --ray serve reinforce, reinforce_channels, "
-                         "random_search and evolution")
+    if agent == "ppo" and env.criterion == "random" and (parallel.workers > 1 or parallel.uses_ray):
+        raise UsageError("ppo's episodes draw the random criterion's units from one running random stream, "
+                         "which workers cannot share: run ppo with --criterion random serially (no --workers, no --ray)")
     return parallel.start(env)
 
 

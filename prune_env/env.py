@@ -245,7 +245,8 @@ class PruningEnv(gym.Env):
         self._kept: list[np.ndarray] = []
         self._needs_reset = True
         self._episode_seed: int | None = None
-        self._deferred = False
+        self._deferred: list[dict[str, Any]] | None = None  # the reports of deferred episodes
+        self._played: list[np.ndarray] = []  # this episode's actions, recorded while deferred
         self._prefetched: dict[tuple, tuple[dict[str, Any], nn.Module | None]] = {}
         self._last_rng_state: dict | None = None
 
@@ -261,6 +262,7 @@ class PruningEnv(gym.Env):
         self._t = 0
         self._counts = np.array(self.units)
         self._kept = []
+        self._played = []
         self._last_model, self._last_counts, self._last_kept = None, None, None
         self._needs_reset = False
         return self._observation(), {"layer": 0}
@@ -270,6 +272,8 @@ class PruningEnv(gym.Env):
             raise ResetNeeded("call env.reset() before step(): " + (
                 "the episode is over" if self._t >= self.n_layers else "no episode has started"))
         lo, hi = self._bounds
+        if self._deferred is not None:
+            self._played.append(np.array(action, copy=True))
         if self.action_mode == "mask":
             scores = self._check_scores(action)
             self._counts[self._t] = self._clamp(self._t, int((scores >= KEEP_THRESHOLD).sum()), lo, hi)
@@ -288,9 +292,12 @@ class PruningEnv(gym.Env):
     def _finish_episode(self) -> dict[str, Any]:
         kept = list(self._kept) if self.action_mode == "mask" else None
         key = network_key(self._counts, kept)
-        if self._deferred:
-            return {"keep_counts": [int(c) for c in self._counts], "network_key": key,
-                    "episode_seed": self._episode_seed, "reward": float("nan"), "deferred": True}
+        if self._deferred is not None:
+            report = {"keep_counts": [int(c) for c in self._counts], "network_key": key,
+                      "episode_seed": self._episode_seed, "actions": list(self._played),
+                      "reward": float("nan"), "deferred": True}
+            self._deferred.append(report)
+            return report
         self.timings["episodes"] += 1
         self._last_counts, self._last_kept = self._counts.copy(), kept
         self._last_rng_state = copy.deepcopy(self.np_random.bit_generator.state)
@@ -352,16 +359,17 @@ class PruningEnv(gym.Env):
 
     # ---- measuring elsewhere (agents.parallel) ---------------------------------------
     @contextmanager
-    def deferred_measurement(self) -> Iterator[None]:
+    def deferred_measurement(self) -> Iterator[list[dict[str, Any]]]:
         """Within it, an episode's last step measures nothing: its report holds only
-        ``keep_counts``, ``network_key`` and ``episode_seed`` (reward NaN, ``deferred``), and
-        the cache, counters and ``last_model`` are untouched. Used to plan a batch of episodes
-        whose networks are then measured in parallel."""
-        self._deferred = True
+        ``keep_counts``, ``network_key``, ``episode_seed`` and the episode's ``actions``
+        (reward NaN, ``deferred``), and the cache, counters and ``last_model`` are untouched.
+        Yields the list these reports are appended to, in order. Used to plan a batch of
+        episodes whose networks are then measured in parallel."""
+        self._deferred = []
         try:
-            yield
+            yield self._deferred
         finally:
-            self._deferred = False
+            self._deferred = None
 
     @property
     def caches_measurements(self) -> bool:

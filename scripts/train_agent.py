@@ -8,8 +8,8 @@ Pretrains the target first when it has no checkpoint. Logs to TensorBoard under
 OUT/tensorboard, checkpoints the agent under OUT/checkpoint (``--resume`` continues from
 there), and writes OUT/report.json, OUT/config.json, OUT/pruned_model.pt and the exports.
 
-With --workers N, agents that measure a batch of episodes before they update (reinforce,
-reinforce_channels, random_search, evolution) measure each batch in N worker processes,
+With --workers N, every agent measures each batch of episodes it plays before an update
+(a PPO rollout, a REINFORCE batch, a search batch, a generation) in N worker processes,
 each with its own model, data and --threads torch threads; --ray (a local cluster) or
 --ray-address ADDR (an existing one) makes the workers Ray actors. The results are those
 of the serial run with the same seed.

@@ -38,7 +38,7 @@ def _search(kind: str, parallel: Parallelism, episodes: int = 10):
     return monitor, env
 
 
-@pytest.mark.parametrize("kind", ["random_search", "evolution", "reinforce", "reinforce_channels"])
+@pytest.mark.parametrize("kind", ["random_search", "evolution", "reinforce", "reinforce_channels", "ppo"])
 def test_two_workers_give_the_serial_rewards_and_best_network(pretrained_cartpole, kind):
     serial, serial_env = _search(kind, Parallelism())
     parallel, parallel_env = _search(kind, Parallelism(workers=2, threads=1))
@@ -51,13 +51,14 @@ def test_two_workers_give_the_serial_rewards_and_best_network(pretrained_cartpol
         assert torch.equal(a, b)
 
 
-def test_workers_refuse_nonsense_and_ppo():
+def test_workers_refuse_nonsense_and_ppo_with_the_random_criterion(pretrained_cartpole):
     with pytest.raises(UsageError, match="--workers must be at least 1"):
         Parallelism(workers=0)
     from experiments.train import start_workers
 
-    with pytest.raises(UsageError, match="ppo .* runs serially"):
-        start_workers(Parallelism(workers=2), "ppo", None)
+    env = PruningEnv("cartpole_policy", flops_budget=0.3, val_size=3, criterion="random")
+    with pytest.raises(UsageError, match="ppo.* random criterion.* serially"):
+        start_workers(Parallelism(workers=2), "ppo", env)
 
 
 @pytest.fixture(scope="module")
