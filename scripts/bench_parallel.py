@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from agents.parallel import Parallelism, init_ray
-from agents.search import SearchMonitor, action_mode_of, make_agent, search
+from agents.search import AGENTS, SearchMonitor, action_mode_of, make_agent, search
 from prune_env.cli import (
     UsageError,
     add_target_arguments,
@@ -56,21 +56,21 @@ def run_setting(target, env_config: dict, agent: str, episodes: int, parallel: P
         seconds = time.perf_counter() - started
         if searcher.workers is not None:
             searcher.workers.close()
+    played = monitor.episodes  # PPO finishes its last rollout: it may play more than it counts
     return {"start_seconds": round(start_seconds, 2), "search_seconds": round(seconds, 2),
-            "episodes": monitor.counted_episodes, "episodes_per_second": monitor.counted_episodes / seconds,
-            "seconds_per_episode": seconds / monitor.counted_episodes, "rewards": monitor.rewards,
+            "episodes": played, "episodes_per_second": played / seconds,
+            "seconds_per_episode": seconds / played, "rewards": monitor.rewards,
             "cache_hits": env.cache_hits,
             # parallel runs: seconds this process spent alone (planning, replaying, callbacks) and waiting
-            "main_seconds_per_episode": env.timings["parallel_main"] / monitor.counted_episodes,
+            "main_seconds_per_episode": env.timings["parallel_main"] / played,
             "measure_seconds": round(env.timings["parallel_measure"], 2)}
 
 
 def build_parser():
     parser = make_parser(__doc__)
     add_target_arguments(parser)
-    parser.add_argument("--agent", default="random_search",
-                        choices=["random_search", "evolution", "reinforce", "reinforce_channels"],
-                        help="the searcher whose episodes are measured")
+    parser.add_argument("--agent", default="random_search", choices=sorted(AGENTS),
+                        help="the searcher whose episodes are measured (default: random_search)")
     parser.add_argument("--episodes", type=int, default=32, help="episodes per setting")
     parser.add_argument("--flops-budget", type=float, default=0.5, help="fraction of the FLOPs to keep")
     parser.add_argument("--settings", default="1x2,2x1,ray1x2,ray2x1",
@@ -96,7 +96,7 @@ def main() -> None:
               f"{r['episodes_per_second']:.3f} episodes/s", flush=True)
     first = next(iter(rows.values()))
     same = all(r["rewards"] == first["rewards"] for r in rows.values())
-    print(f"\n{args.target}, {args.agent}, {args.episodes} episodes, evaluation {config['env']['evaluation']}; "
+    print(f"\n{args.target}, {args.agent}, {first['episodes']} episodes played, evaluation {config['env']['evaluation']}; "
           f"the same rewards in every setting: {same}")
     print(f"{'setting':>8} {'start s':>8} {'search s':>9} {'episodes/s':>11} {'s/episode':>10} {'speed-up':>9} "
           f"{'main s/episode':>15}")

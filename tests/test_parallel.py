@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from agents.parallel import Parallelism
+from agents.parallel import Parallelism, RunTasks
 from agents.search import SearchMonitor, action_mode_of, make_agent, search
 from experiments import compare as compare_module
 from experiments.compare import compare
@@ -109,6 +109,21 @@ def test_compare_through_ray_tasks_gives_the_serial_tables(pretrained_cartpole, 
     serial, ray_table = _table(tmp_path / "serial"), _table(tmp_path / "ray")
     assert len(serial) == 2 * 3 and serial["metric_finetuned"].nunique() > 1
     pd.testing.assert_frame_equal(ray_table, serial)
+
+
+def test_sweeps_as_ray_tasks_write_the_serial_tables(pretrained_cartpole, local_ray, tmp_path):
+    from experiments.sweep import sweep
+
+    target, methods, fractions = get_target("cartpole_policy"), ("l1", "ngf"), [0.5, 0.8]
+    tasks = RunTasks(Parallelism(threads=1, ray=True))
+    summaries = tasks.gather([tasks.submit(sweep, target, m, fractions, tmp_path / "ray" / m) for m in methods])
+    assert [s["method"] for s in summaries] == list(methods)
+    tables = {}
+    for m in methods:
+        sweep(target, m, fractions, tmp_path / "serial" / m)
+        tables[m] = pd.read_csv(tmp_path / "serial" / m / "sweep.csv")
+        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "ray" / m / "sweep.csv"), tables[m])
+        assert list(tables[m]["fraction"]) == [0.0, *fractions] and tables[m]["params"].is_monotonic_decreasing
 
 
 def test_an_interrupted_comparison_resumes_without_losing_finished_runs(pretrained_cartpole, tmp_path, monkeypatch):
