@@ -210,15 +210,20 @@ class Parallelism:
     def uses_ray(self) -> bool:
         return self.ray or bool(self.ray_address)
 
+    @property
+    def serial(self) -> bool:
+        """Whether episodes are measured here, one after another (one local worker)."""
+        return self.workers == 1 and not self.uses_ray
+
     def start(self, env: gym.Env) -> EpisodeWorkers | None:
         """Workers for ``env``'s episodes: None (serial, with ``threads`` here) for one local
         worker, else processes here or Ray actors."""
-        if self.uses_ray:
-            return RayEpisodeWorkers(env.unwrapped.arguments(), self.workers, self.threads, self.ray_address)
-        if self.workers == 1:
+        if self.serial:
             if self.threads:
                 torch.set_num_threads(self.threads)
             return None
+        if self.uses_ray:
+            return RayEpisodeWorkers(env.unwrapped.arguments(), self.workers, self.threads, self.ray_address)
         return EpisodeWorkers(env.unwrapped.arguments(), self.workers, self.threads)
 
 

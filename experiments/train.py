@@ -99,7 +99,7 @@ def refuse_changed_settings(saved_path: Path, resolved: dict) -> None:
 
 def start_workers(parallel: Parallelism, agent: str, env: PruningEnv):
     """The episode workers of agent kind ``agent`` (None: serial)."""
-    if agent == "ppo" and env.criterion == "random" and (parallel.workers > 1 or parallel.uses_ray):
+    if agent == "ppo" and env.criterion == "random" and not parallel.serial:
         raise UsageError("ppo's episodes draw the random criterion's units from one running random stream, "
                          "which workers cannot share: run ppo with --criterion random serially (no --workers, no --ray)")
     return parallel.start(env)
