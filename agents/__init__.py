@@ -48,14 +48,15 @@ def saved_run(path: str) -> dict | None:
 
 
 def make_policy(name_or_path: str, target: Target, env_config: dict, seed: int = 0,
-                criterion_given: bool = False):
+                criterion_given: bool = False, finetune_budget: float | None = None):
     """An environment, a policy for it, and how the policy acts (``policy_mode``): a
     heuristic by name (``heuristic``), a run folder at its own budget (``run_best``: the
     run's best network, rebuilt from its keep-ratios), or a saved agent (``deterministic``:
     its deterministic policy; a warning when the run was trained at another budget).
 
     Heuristics bring their own unit criterion (L1 keeps high-magnitude units, NGF
-    high-activation ones) unless the caller gave one explicitly.
+    high-activation ones) unless the caller gave one explicitly. ``finetune_budget`` reaches
+    heuristics that fine-tune between rounds (:func:`~agents.heuristics.make_heuristic`).
     """
     import sys
 
@@ -67,7 +68,7 @@ def make_policy(name_or_path: str, target: Target, env_config: dict, seed: int =
         if preferred and not criterion_given:
             env_config["criterion"] = preferred
         env = PruningEnv(target, **env_config)
-        return env, make_heuristic(name_or_path, env, seed=seed), "heuristic"
+        return env, make_heuristic(name_or_path, env, seed=seed, finetune_budget=finetune_budget), "heuristic"
     from agents.search import action_mode_of, agent_file, load_agent
 
     env = PruningEnv(target, **env_config, action_mode=action_mode_of(agent_file(name_or_path)[0]))

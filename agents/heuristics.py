@@ -112,18 +112,29 @@ class ScheduledNGF(PrunesInRounds):
     """NGF reached over several rounds: prune to a FLOPs (or predicted-latency) target that decays polynomially
     towards the budget, ``target_k = B + (1 - B) * (1 - k / rounds) ** power``, re-measuring
     activations and fine-tuning briefly between rounds. Works on the environment's model,
-    target and measurement, but not as a single episode (the network changes between rounds)."""
+    target and measurement, but not as a single episode (the network changes between rounds).
+
+    ``finetune_budget`` is the fine-tuning, in epochs, that the whole procedure may spend,
+    the final fine-tune included: every round gets an even share, so the fine-tunes between
+    rounds are paid out of the same budget a single-shot policy's one fine-tune gets
+    (``finetune_epochs_spent`` in the record; :func:`experiments.report.final_report` fine-tunes
+    only what is left). Comparisons at unequal fine-tuning measure the fine-tuning.
+    """
 
     name = "ngf_scheduled"
     preferred_criterion = "activation"
 
     def __init__(self, env: PruningEnv, seed: int = 0, rounds: int = 3, power: float = 3.0,
-                 finetune_epochs: float = 0.2):
+                 finetune_budget: float = 1.0):
         if env.budget is None:
             raise ValueError("ngf_scheduled needs an environment with a flops_budget or latency_budget")
         if rounds < 1:
             raise ValueError(f"ngf_scheduled needs at least one round, got {rounds}")
-        self.env, self.seed, self.rounds, self.power, self.finetune_epochs = env, seed, rounds, power, finetune_epochs
+        if finetune_budget < 0:
+            raise ValueError(f"ngf_scheduled needs a fine-tuning budget of at least 0 epochs, got {finetune_budget}")
+        self.env, self.seed, self.rounds, self.power = env, seed, rounds, power
+        self.finetune_epochs = finetune_budget / rounds
+        """Epochs of fine-tuning after each round but the last."""
         self.keep_ratios: np.ndarray | None = None
 
     def flops_targets(self) -> list[float]:
@@ -142,7 +153,8 @@ class ScheduledNGF(PrunesInRounds):
                 env.target.finetune(model, epochs=self.finetune_epochs, seed=self.seed + k)
         counts = rounds.counts
         self.keep_ratios = counts / env.units
-        return model, env.measure(model, env.score(model), keep_counts=counts)
+        record = env.measure(model, env.score(model), keep_counts=counts)
+        return model, {**record, "finetune_epochs_spent": self.finetune_epochs * (self.rounds - 1)}
 
     def predict(self, observation, state=None, episode_start=None, deterministic=True):
         if self.keep_ratios is None:
@@ -153,7 +165,12 @@ class ScheduledNGF(PrunesInRounds):
 HEURISTICS = {cls.name: cls for cls in (UniformPolicy, L1Policy, NGFPolicy, RandomPolicy, ScheduledNGF)}
 
 
-def make_heuristic(name: str, env: PruningEnv, seed: int = 0):
+def make_heuristic(name: str, env: PruningEnv, seed: int = 0, finetune_budget: float | None = None):
+    """The heuristic ``name`` on ``env``; ``finetune_budget`` (epochs, the final fine-tune
+    included) reaches the heuristics that fine-tune between rounds."""
     if name not in HEURISTICS:
         raise ValueError(f"unknown heuristic {name!r}; choose one of: {', '.join(HEURISTICS)}")
-    return HEURISTICS[name](env, seed=seed)
+    cls = HEURISTICS[name]
+    if issubclass(cls, PrunesInRounds) and finetune_budget is not None:
+        return cls(env, seed=seed, finetune_budget=finetune_budget)
+    return cls(env, seed=seed)

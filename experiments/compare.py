@@ -58,7 +58,8 @@ def run_heuristics(target: Target, config: dict, budget: float, seeds: list[int]
                     baselines[criterion] = BaselineMeasurements(envs[criterion])
                 env = envs[criterion]
                 started = time.perf_counter()
-                model, record, episodes = prune_with(env, make_heuristic(name, env, seed=seed), seed)
+                model, record, episodes = prune_with(env, make_heuristic(
+                    name, env, seed=seed, finetune_budget=config["evaluate"]["finetune_epochs"]), seed)
                 report, _ = final_report(env, model, record, policy=name, seed=seed,
                                          search_seconds=time.perf_counter() - started, episodes=episodes,
                                          finetune_epochs=config["evaluate"]["finetune_epochs"],

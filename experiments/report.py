@@ -68,7 +68,10 @@ def final_report(env: PruningEnv, model: nn.Module, record: dict, *, policy: str
                  baseline: BaselineMeasurements | None = None) -> tuple[dict[str, Any], nn.Module]:
     """Test-split metrics before and after fine-tuning, and latency, for a pruned ``model``.
 
-    ``record`` is the environment's episode record of ``model``. ``baseline`` holds the
+    ``record`` is the environment's episode record of ``model``. ``finetune_epochs`` is the
+    fine-tuning budget of the whole procedure: what a policy already spent between its pruning
+    rounds (``record["finetune_epochs_spent"]``) is taken off it, so every policy of a
+    comparison gets the same fine-tuning. ``baseline`` holds the
     unpruned network's measurements on ``env`` (made here when not given; pass the same one
     to every report on one environment to measure them once). Returns the report and the
     fine-tuned model (``model`` itself is left as it is).
@@ -80,6 +83,8 @@ def final_report(env: PruningEnv, model: nn.Module, record: dict, *, policy: str
         raise ValueError("baseline measures another environment than env")
     evaluate_test = baseline.evaluate
     metric_base = baseline.metric
+    spent = float(record.get("finetune_epochs_spent", 0.0))
+    finetune_epochs = max(0.0, finetune_epochs - spent)  # what is left for the final fine-tune
     finetuned = copy.deepcopy(model)
     if finetune_epochs > 0:
         with torch.random.fork_rng():  # the same fine-tune whatever ran before in this process
@@ -106,7 +111,8 @@ def final_report(env: PruningEnv, model: nn.Module, record: dict, *, policy: str
         **{k: record[k] for k in (*EVALUATION_KEYS, *LATENCY_KEYS) if k in record},
         **({"kept_units": record["kept_units"]} if "kept_units" in record else {}),
         "metric_base_val": record["metric_base_val"], "metric_pruned_val": record["metric_pruned_val"],
-        "finetune_epochs": finetune_epochs, "latency_threads": pruned_latency["threads"],
+        "finetune_epochs": finetune_epochs, "finetune_epochs_total": spent + finetune_epochs,
+        "latency_threads": pruned_latency["threads"],
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
     }
     return report, finetuned

@@ -78,7 +78,8 @@ def main() -> None:
                            round_to=config["env"].get("round_to"))
     started = time.perf_counter()
     env, policy, policy_mode = make_policy(args.policy, target, config["env"], seed=args.seed,
-                                           criterion_given=args.criterion is not None or run is not None)
+                                           criterion_given=args.criterion is not None or run is not None,
+                                           finetune_budget=config["evaluate"]["finetune_epochs"])
     model, record, episodes = prune_with(env, policy, args.seed)
     search_seconds = time.perf_counter() - started
     report, _ = final_report(env, model, record, policy=getattr(policy, "name", args.policy), seed=args.seed,

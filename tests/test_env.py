@@ -18,7 +18,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 from agents.base import run_episode
 from agents.heuristics import HEURISTICS, make_heuristic
-from experiments.report import REPORT_KEYS
+from experiments.report import REPORT_KEYS, final_report
 from prune_env import ENV_IDS, PruningEnv
 from prune_env.cost import count_flops
 from target_models import TARGETS, get_target
@@ -195,6 +195,28 @@ def test_scheduled_ngf_follows_the_polynomial_and_meets_the_budget(pretrained_ca
     model, report = policy.run()
     assert abs(report["flops_ratio"] - 0.4) <= 0.01
     assert report["flops_pruned"] == count_flops(model, env.pruner.example)
+
+
+def test_scheduled_ngf_fine_tunes_within_the_budget_every_policy_gets(pretrained_cartpole, monkeypatch):
+    """The fine-tunes between rounds come out of the one budget: a third per round, and the
+    final report fine-tunes only the last third."""
+    target = get_target("cartpole_policy", limit=4)
+    env = PruningEnv(target, flops_budget=0.4, val_size=4, calibration_size=64)
+    spent = []
+    finetune = target.finetune
+    monkeypatch.setattr(target, "finetune", lambda model, epochs=1.0, **kw: (spent.append(epochs),
+                                                                              finetune(model, epochs=epochs, **kw)))
+    policy = make_heuristic("ngf_scheduled", env, finetune_budget=0.6)
+    model, record = policy.run()
+    assert spent == pytest.approx([0.2, 0.2]) and record["finetune_epochs_spent"] == pytest.approx(0.4)
+    report, _ = final_report(env, model, record, policy="ngf_scheduled", seed=0, search_seconds=0.0, episodes=3,
+                             finetune_epochs=0.6, latency_batch_size=2)
+    assert spent == pytest.approx([0.2, 0.2, 0.2])
+    assert report["finetune_epochs"] == pytest.approx(0.2) and report["finetune_epochs_total"] == pytest.approx(0.6)
+    single = run_episode(env, make_heuristic("ngf", env), seed=0)
+    report, _ = final_report(env, env.last_model, single, policy="ngf", seed=0, search_seconds=0.0, episodes=1,
+                             finetune_epochs=0.6, latency_batch_size=2)
+    assert spent[-1] == pytest.approx(0.6) and report["finetune_epochs_total"] == pytest.approx(0.6)
 
 
 def test_evaluate_script_writes_the_report(pretrained_cartpole, isolated_home, tmp_path):
