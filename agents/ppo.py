@@ -59,7 +59,7 @@ def _ppo_class():
             rewards = [float(r["reward"]) for r in reports]
             pending = np.isnan(rollout_buffer.rewards)  # the last steps of the rollout's episodes, in order
             rollout_buffer.rewards[pending] = rewards
-            for info, reward in zip(list(self.ep_info_buffer)[-len(rewards):], rewards):
+            for info, reward in zip(list(self.ep_info_buffer)[-len(rewards):], rewards, strict=False):
                 info["r"] = round(reward, 6)  # what SB3's Monitor logs as the episode's return
             n_envs = rollout_buffer.rewards.shape[1]
             # every rollout ends with an episode: the value after it is never used
