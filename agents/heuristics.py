@@ -99,6 +99,32 @@ class FixedAllocation:
         return scores, state
 
 
+class FixedWidths(PrunesInRounds):
+    """Given unit counts per layer, pruned in one go with the environment's criterion and
+    measured as an episode would be, whatever the budget says: one architecture, measured
+    (``evaluate.py --widths``)."""
+
+    name = "widths"
+    rounds = 1
+
+    def __init__(self, env: PruningEnv, counts):
+        counts = np.asarray(counts, dtype=np.int64)
+        units = env.units
+        if counts.shape != units.shape or (counts < 1).any() or (counts > units).any():
+            layers = ", ".join(f"{layer.kind} {layer.units}" for layer in env.layers)
+            raise ValueError(f"widths {counts.tolist()} do not fit {env.target.name}: give {len(units)} counts, "
+                             f"each from 1 to the layer's units ({layers})")
+        self.env, self.counts, self.keep_ratios = env, counts, counts / units
+
+    def run(self) -> tuple[torch.nn.Module, dict]:
+        env = self.env
+        model = env.pruner.prune_counts(self.counts, env.criterion)
+        return model, env.measure(model, env.score(model), keep_counts=self.counts)
+
+    def predict(self, observation, state=None, episode_start=None, deterministic=True):
+        return np.array([self.keep_ratios[self.env.unwrapped.current_layer]], dtype=np.float32), state
+
+
 class RandomPolicy(HeuristicPolicy):
     """Random keep-ratios, each uniform in [min_keep, 1], scaled together to meet the budget."""
 

@@ -2,8 +2,11 @@
 
     python scripts/evaluate.py --target cnn_cifar10 --policy l1 --flops-budget 0.5 --out runs/eval-l1
     python scripts/evaluate.py --target cnn_cifar10 --policy runs/NAME --flops-budget 0.5 --out runs/eval-ppo
+    python scripts/evaluate.py --target lstm_imdb --widths 64,83,35 --out runs/eval-widths
 
-POLICY is a heuristic (uniform, l1, ngf, ngf_scheduled, random) or a run folder / saved agent.
+POLICY is a heuristic (uniform, l1, ngf, ngf_scheduled, random) or a run folder / saved agent;
+--widths measures one architecture instead: those unit counts per prunable layer, the units
+chosen by the criterion, whatever the budget.
 Writes OUT/report.json and OUT/config.json and prints a short table.
 """
 
@@ -14,8 +17,10 @@ import time
 
 from agents import HEURISTICS, check_policy, make_policy, saved_run
 from agents.base import prune_with
+from agents.heuristics import FixedWidths
 from experiments.report import final_report, format_report, write_report
 from prune_env.cli import (
+    UsageError,
     add_evaluation_arguments,
     add_target_arguments,
     check_at_least,
@@ -28,15 +33,28 @@ from prune_env.cli import (
     target_from_args,
 )
 from prune_env.config import load_config
+from prune_env.env import PruningEnv
 from prune_env.importance import CRITERIA
+
+
+def parse_widths(text: str) -> list[int]:
+    """``--widths``: whole numbers separated by commas."""
+    try:
+        return [int(w) for w in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers separated by commas, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(__doc__)
     add_target_arguments(parser)
-    parser.add_argument("--policy", required=True,
+    chosen = parser.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("--policy",
                         help=f"a heuristic ({', '.join(HEURISTICS)}), or a run folder of train_agent.py "
                              "or its saved agent file")
+    chosen.add_argument("--widths", type=parse_widths, default=None,
+                        help="unit counts per prunable layer, separated by commas (e.g. 64,83,35): measure "
+                             "that one architecture, its units chosen by --criterion (default: the target's)")
     parser.add_argument("--flops-budget", type=float, default=None,
                         help="fraction of the FLOPs to keep, in (0, 1] (default: the target's config)")
     parser.add_argument("--finetune-epochs", type=float, default=None,
@@ -62,10 +80,11 @@ def main() -> None:
     check_at_least("--finetune-epochs", args.finetune_epochs, 0)
     check_at_least("--seed", args.seed, 0)
     check_out_folder(args.out, ("report.json",), args.force)
-    check_policy(args.policy)
+    if args.policy is not None:
+        check_policy(args.policy)
     flags = {"flops_budget": args.flops_budget, "criterion": args.criterion, "val_size": args.val_size,
              **evaluation_overrides(args)}
-    run = saved_run(args.policy)  # a run folder: its own settings, unless a flag says otherwise
+    run = saved_run(args.policy) if args.policy else None  # a run folder: its own settings, unless a flag says otherwise
     run_env = {k: v for k, v in (run["config"].get("env", {}) if run else {}).items() if k in flags}
     if args.flops_budget is not None or args.latency_budget is not None:  # the flag's budget, of either kind
         run_env = {k: v for k, v in run_env.items() if k not in ("flops_budget", "latency_budget")}
@@ -77,9 +96,16 @@ def main() -> None:
     check_budget_reachable(target, config["env"]["flops_budget"], config["env"]["min_keep"],
                            round_to=config["env"].get("round_to"))
     started = time.perf_counter()
-    env, policy, policy_mode = make_policy(args.policy, target, config["env"], seed=args.seed,
-                                           criterion_given=args.criterion is not None or run is not None,
-                                           finetune_budget=config["evaluate"]["finetune_epochs"])
+    if args.widths is not None:
+        env = PruningEnv(target, **config["env"])
+        try:
+            policy, policy_mode = FixedWidths(env, args.widths), "widths"
+        except ValueError as error:
+            raise UsageError(f"--widths: {error}") from None
+    else:
+        env, policy, policy_mode = make_policy(args.policy, target, config["env"], seed=args.seed,
+                                               criterion_given=args.criterion is not None or run is not None,
+                                               finetune_budget=config["evaluate"]["finetune_epochs"])
     model, record, episodes = prune_with(env, policy, args.seed)
     search_seconds = time.perf_counter() - started
     report, _ = final_report(env, model, record, policy=getattr(policy, "name", args.policy), seed=args.seed,
@@ -89,7 +115,7 @@ def main() -> None:
     report["policy_mode"] = policy_mode
     if policy_mode == "run_best":
         print(f"rebuilt the best network of {args.policy} (its keep-ratios at its own budget)")
-    config.update(target=target.name, policy=args.policy, seed=args.seed)
+    config.update(target=target.name, policy=args.policy or policy.name, seed=args.seed)
     path = write_report(args.out, report, config)
     print(format_report(report))
     print(f"wrote {path}")

@@ -16,8 +16,8 @@ from gymnasium.error import ResetNeeded
 from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-from agents.base import run_episode
-from agents.heuristics import HEURISTICS, make_heuristic
+from agents.base import prune_with, run_episode
+from agents.heuristics import HEURISTICS, FixedWidths, make_heuristic
 from experiments.report import REPORT_KEYS, final_report
 from prune_env import ENV_IDS, PruningEnv
 from prune_env.cost import count_flops
@@ -219,6 +219,20 @@ def test_scheduled_ngf_fine_tunes_within_the_budget_every_policy_gets(pretrained
     assert spent[-1] == pytest.approx(0.6) and report["finetune_epochs_total"] == pytest.approx(0.6)
 
 
+def test_fixed_widths_measure_that_architecture_whatever_the_budget(pretrained_cartpole):
+    target = get_target("cartpole_policy", limit=4)
+    env = PruningEnv(target, flops_budget=0.5, val_size=4, calibration_size=64, criterion="activation")
+    model, record = prune_with(env, FixedWidths(env, [40, 7]))[:2]
+    assert record["keep_counts"] == [40, 7] and env.pruner.widths_of(model) == [40, 7]
+    assert record["flops_pruned"] == count_flops(model, env.pruner.example)
+    assert abs(record["flops_ratio"] - 0.5) > 0.05  # not pulled to the budget
+    kept = env.pruner.keep_indices([40, 7], "activation")
+    assert torch.equal(model(torch.ones(2, 4)), env.pruner.prune_indices(kept)(torch.ones(2, 4)))
+    for wrong in ([40], [0, 7], [40, 10_000]):
+        with pytest.raises(ValueError, match="give 2 counts, each from 1 to the layer's units"):
+            FixedWidths(env, wrong)
+
+
 def test_evaluate_script_writes_the_report(pretrained_cartpole, isolated_home, tmp_path):
     out = tmp_path / "eval"
     result = subprocess.run(
@@ -232,3 +246,18 @@ def test_evaluate_script_writes_the_report(pretrained_cartpole, isolated_home, t
     assert abs(report["flops_pruned"] / report["flops_base"] - 0.5) <= 0.005
     assert json.loads((out / "config.json").read_text())["env"]["flops_budget"] == 0.5
     assert "keep-ratios" in result.stdout
+
+
+def test_evaluate_script_measures_given_widths(pretrained_cartpole, isolated_home, tmp_path):
+    out = tmp_path / "widths"
+    result = subprocess.run(
+        [sys.executable, "scripts/evaluate.py", "--target", "cartpole_policy", "--widths", "40,7",
+         "--finetune-epochs", "0", "--val-size", "4", "--out", str(out)],
+        cwd=REPO, env=script_env(isolated_home), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["keep_counts"] == [40, 7] and report["policy"] == "widths" and report["policy_mode"] == "widths"
+    wrong = subprocess.run(
+        [sys.executable, "scripts/evaluate.py", "--target", "cartpole_policy", "--widths", "40", "--out",
+         str(tmp_path / "wrong")], cwd=REPO, env=script_env(isolated_home), capture_output=True, text=True, timeout=300)
+    assert wrong.returncode == 2 and "--widths: widths [40] do not fit cartpole_policy: give 2 counts" in wrong.stderr
