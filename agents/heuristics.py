@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from agents.allocation import counts_meeting_budget, global_threshold_allocation, sample_allocation
-from agents.base import PrunesInRounds
+from agents.base import PrunesInRounds, run_episode
 from prune_env.env import PruningEnv
 from prune_env.rounds import RoundPruner
 from prune_env.schedules import polynomial_decay
@@ -185,6 +185,62 @@ class ScheduledNGF(PrunesInRounds):
     def predict(self, observation, state=None, episode_start=None, deterministic=True):
         if self.keep_ratios is None:
             raise RuntimeError("call run() first: ngf_scheduled prunes in rounds, not in one episode")
+        return np.array([self.keep_ratios[self.env.unwrapped.current_layer]], dtype=np.float32), state
+
+
+class InRounds(PrunesInRounds):
+    """Any single-shot policy's network reached in rounds, as ``ngf_scheduled`` reaches its own:
+    one episode of ``policy`` gives the final widths; round ``k`` of ``rounds`` keeps
+    ``final + (units - final) * (1 - k / rounds) ** power`` units per layer, the units chosen
+    by the environment's criterion re-measured on the current network, and the network is
+    fine-tuned between rounds out of the one fine-tuning budget (an even share per round,
+    ``finetune_epochs_spent`` in the record). Separates what an allocation is worth from what
+    a schedule is worth: ``ngf_scheduled`` against ``ppo`` in rounds is like for like."""
+
+    def __init__(self, env: PruningEnv, policy, seed: int = 0, rounds: int = 3, power: float = 3.0,
+                 finetune_budget: float = 1.0):
+        if getattr(policy, "rounds", 1) > 1:
+            raise ValueError(f"{policy.name} prunes in rounds of its own")
+        if env.unwrapped.action_mode != "ratio":
+            raise ValueError("rounds reach a policy's widths; the channel agents choose units (action_mode='mask'), "
+                             "which rounds would choose again: use a keep-ratio policy")
+        if env.criterion not in ("l1", "activation"):
+            raise ValueError(f"rounds re-measure the 'l1' or 'activation' criterion, not {env.criterion!r}")
+        if rounds < 1 or finetune_budget < 0:
+            raise ValueError(f"rounds needs at least one round and a fine-tuning budget of at least 0, "
+                             f"got {rounds} and {finetune_budget}")
+        self.env, self.policy, self.seed, self.rounds, self.power = env, policy, seed, rounds, power
+        self.name = f"{getattr(policy, 'name', 'policy')}+rounds"
+        self.finetune_epochs = finetune_budget / rounds
+        self.keep_ratios: np.ndarray | None = None
+
+    def widths(self, final: np.ndarray) -> list[np.ndarray]:
+        """Unit counts per layer after each round, ending at ``final``."""
+        units = self.env.units
+        return [np.ceil(polynomial_decay(1.0, 0.0, k / self.rounds, self.power) * (units - final)).astype(np.int64)
+                + final for k in range(1, self.rounds + 1)]
+
+    def run(self) -> tuple[torch.nn.Module, dict]:
+        env = self.env
+        if isinstance(self.policy, PrunesInRounds):  # e.g. FixedWidths: its one round gives the widths
+            final = np.asarray(self.policy.run()[1]["keep_counts"], dtype=np.int64)
+        else:
+            final = np.asarray(run_episode(env, self.policy, seed=self.seed)["keep_counts"], dtype=np.int64)
+        plan = self.widths(final)
+        rounds = RoundPruner(env.model, env.target.example_input(), [c.sum() / env.units.sum() for c in plan],
+                             env.pruner.calibration_inputs, env.criterion, resource="units",
+                             layer_types=env.pruner.extra_layer_types, keep_layers=env.target.keep_layers)
+        for k, counts in enumerate(plan, start=1):
+            model = rounds.step_to(counts)
+            if k < self.rounds and self.finetune_epochs > 0:
+                env.target.finetune(model, epochs=self.finetune_epochs, seed=self.seed + k)
+        self.keep_ratios = final / env.units
+        record = env.measure(model, env.score(model), keep_counts=final)
+        return model, {**record, "finetune_epochs_spent": self.finetune_epochs * (self.rounds - 1)}
+
+    def predict(self, observation, state=None, episode_start=None, deterministic=True):
+        if self.keep_ratios is None:
+            raise RuntimeError("call run() first: a policy in rounds prunes in rounds, not in one episode")
         return np.array([self.keep_ratios[self.env.unwrapped.current_layer]], dtype=np.float32), state
 
 

@@ -67,7 +67,7 @@ class RoundPruner:
         if self.round >= len(self.schedule):
             raise RuntimeError(f"all {len(self.schedule)} rounds are done")
         keep = self.schedule[self.round]
-        pruner = make_pruner(self.model, self.example, self.calibration_inputs, self.layer_types, self.keep_layers)
+        pruner = self._current_pruner()
         scores = pruner.stats.activation if self.criterion == "activation" else pruner.stats.l1
         counts_at = global_threshold_counts(scores)
         if self.round_counts is not None:
@@ -76,6 +76,18 @@ class RoundPruner:
             counts = counts_within_flops(self.cost, counts_at, keep * self.cost_base, self.floor, 0.0, 1.0)
         else:
             counts = np.minimum(counts_at(min(1.0, keep * self.units_total / pruner.units.sum())), pruner.units)
+        return self._prune(pruner, counts)
+
+    def step_to(self, counts: np.ndarray) -> nn.Module:
+        """Prune the current network to ``counts`` units per layer (at most its own), the
+        units chosen by the criterion re-measured on it: a round towards given widths."""
+        pruner = self._current_pruner()
+        return self._prune(pruner, np.minimum(np.asarray(counts, dtype=np.int64), pruner.units))
+
+    def _current_pruner(self):
+        return make_pruner(self.model, self.example, self.calibration_inputs, self.layer_types, self.keep_layers)
+
+    def _prune(self, pruner, counts: np.ndarray) -> nn.Module:
         self.model = pruner.prune_counts(counts, self.criterion)
         self.counts = counts
         self.round += 1

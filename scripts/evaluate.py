@@ -17,7 +17,7 @@ import time
 
 from agents import HEURISTICS, check_policy, make_policy, saved_run
 from agents.base import prune_with
-from agents.heuristics import FixedWidths
+from agents.heuristics import FixedWidths, InRounds
 from experiments.report import final_report, format_report, write_report
 from prune_env.cli import (
     UsageError,
@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fraction of the FLOPs to keep, in (0, 1] (default: the target's config)")
     parser.add_argument("--finetune-epochs", type=float, default=None,
                         help="fine-tuning before the test split (default: the target's config)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="reach the policy's network in this many rounds, re-ranking units and fine-tuning "
+                             "between rounds out of the one --finetune-epochs budget, as ngf_scheduled does "
+                             "(default: 1, single-shot)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the policy and its episode")
     parser.add_argument("--criterion", default=None, choices=list(CRITERIA),
                         help="which units of a layer go (default: the policy's own, else the target's config)")
@@ -79,6 +83,7 @@ def main() -> None:
     check_at_least("--val-size", args.val_size, 1)
     check_at_least("--finetune-epochs", args.finetune_epochs, 0)
     check_at_least("--seed", args.seed, 0)
+    check_at_least("--rounds", args.rounds, 1)
     check_out_folder(args.out, ("report.json",), args.force)
     if args.policy is not None:
         check_policy(args.policy)
@@ -106,6 +111,12 @@ def main() -> None:
         env, policy, policy_mode = make_policy(args.policy, target, config["env"], seed=args.seed,
                                                criterion_given=args.criterion is not None or run is not None,
                                                finetune_budget=config["evaluate"]["finetune_epochs"])
+    if args.rounds > 1:
+        try:
+            policy = InRounds(env, policy, seed=args.seed, rounds=args.rounds,
+                              finetune_budget=config["evaluate"]["finetune_epochs"])
+        except ValueError as error:
+            raise UsageError(f"--rounds: {error}") from None
     model, record, episodes = prune_with(env, policy, args.seed)
     search_seconds = time.perf_counter() - started
     report, _ = final_report(env, model, record, policy=getattr(policy, "name", args.policy), seed=args.seed,

@@ -66,6 +66,7 @@ MISTAKES = [
      "expected whole numbers separated by commas, got '64,x'"),
     ("widths-and-policy", [*EVALUATE, "--policy", "l1", "--widths", "4,4", "--out", "{w}/eval"],
      "argument --widths: not allowed with argument --policy"),
+    ("rounds-0", [*EVALUATE, "--policy", "l1", "--rounds", "0", "--out", "{w}/eval"], "--rounds must be at least 1, got 0"),
     ("evaluate-budget", [*EVALUATE, "--policy", "l1", "--flops-budget", "2", "--out", "{w}/eval"],
      "--flops-budget must lie in (0, 1], got 2.0"),
     ("evaluate-out-is-a-file", [*EVALUATE, "--policy", "l1", "--out", "{w}/file.txt"], "is a file"),

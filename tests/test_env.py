@@ -17,7 +17,7 @@ from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 from agents.base import prune_with, run_episode
-from agents.heuristics import HEURISTICS, FixedWidths, make_heuristic
+from agents.heuristics import HEURISTICS, FixedWidths, InRounds, make_heuristic
 from experiments.report import REPORT_KEYS, final_report
 from prune_env import ENV_IDS, PruningEnv
 from prune_env.cost import count_flops
@@ -217,6 +217,31 @@ def test_scheduled_ngf_fine_tunes_within_the_budget_every_policy_gets(pretrained
     report, _ = final_report(env, env.last_model, single, policy="ngf", seed=0, search_seconds=0.0, episodes=1,
                              finetune_epochs=0.6, latency_batch_size=2)
     assert spent[-1] == pytest.approx(0.6) and report["finetune_epochs_total"] == pytest.approx(0.6)
+
+
+def test_a_single_shot_network_reached_in_rounds(pretrained_cartpole, monkeypatch):
+    """InRounds ends at the very widths the policy's episode builds, shrinking fastest first,
+    re-ranking units each round and fine-tuning between rounds out of the one budget."""
+    target = get_target("cartpole_policy", limit=4)
+    env = PruningEnv(target, flops_budget=0.3, val_size=4, calibration_size=64)
+    single = run_episode(env, make_heuristic("l1", env), seed=0)["keep_counts"]
+    spent = []
+    finetune = target.finetune
+    monkeypatch.setattr(target, "finetune", lambda model, epochs=1.0, **kw: (spent.append(epochs),
+                                                                              finetune(model, epochs=epochs, **kw)))
+    policy = InRounds(env, make_heuristic("l1", env), rounds=3, finetune_budget=0.6)
+    plan = policy.widths(np.array(single))
+    assert plan[-1].tolist() == single and all((a >= b).all() for a, b in zip(plan, plan[1:], strict=False))
+    removed = [int((env.units - c).sum()) for c in plan]
+    assert removed[0] > removed[1] - removed[0] > 0  # polynomial: most units go in the first round
+    model, record, rounds = prune_with(env, policy)
+    assert record["keep_counts"] == single and env.pruner.widths_of(model) == single and rounds == 3
+    assert spent == pytest.approx([0.2, 0.2]) and record["finetune_epochs_spent"] == pytest.approx(0.4)
+    assert policy.name == "l1+rounds"
+    with pytest.raises(ValueError, match="prunes in rounds of its own"):
+        InRounds(env, make_heuristic("ngf_scheduled", env))
+    with pytest.raises(ValueError, match="choose units"):
+        InRounds(PruningEnv(target, flops_budget=0.3, val_size=4, action_mode="mask"), make_heuristic("l1", env))
 
 
 def test_fixed_widths_measure_that_architecture_whatever_the_budget(pretrained_cartpole):
