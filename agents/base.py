@@ -24,11 +24,29 @@ class PrunesInRounds(ABC):
     is not one episode of the environment: it runs itself and answers ``predict`` with the
     keep-ratios it reached."""
 
+    name: str
+    env: PruningEnv
     rounds: int
+    finetune_epochs: float = 0.0
+    """Epochs of fine-tuning after each round but the last."""
+    keep_ratios: np.ndarray | None = None
 
     @abstractmethod
     def run(self) -> tuple[Any, dict]:
         """Prune in rounds; the final model and its record (an episode's record)."""
+
+    def finish(self, model, counts) -> dict:
+        """The record of the final ``model`` with ``counts`` units per layer, measured as an
+        episode's, with the fine-tuning spent between rounds (``finetune_epochs_spent``)."""
+        env, counts = self.env, np.asarray(counts, dtype=np.int64)
+        self.keep_ratios = counts / env.units
+        record = env.measure(model, env.score(model), keep_counts=counts)
+        return {**record, "finetune_epochs_spent": self.finetune_epochs * (self.rounds - 1)}
+
+    def predict(self, observation, state=None, episode_start=None, deterministic=True):
+        if self.keep_ratios is None:
+            raise RuntimeError(f"call run() first: {self.name} prunes in rounds, not in one episode")
+        return np.array([self.keep_ratios[self.env.unwrapped.current_layer]], dtype=np.float32), state
 
 
 def run_episode(env: PruningEnv, agent: Agent, seed: int | None = None, deterministic: bool = True) -> dict:

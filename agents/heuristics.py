@@ -114,15 +114,11 @@ class FixedWidths(PrunesInRounds):
             layers = ", ".join(f"{layer.kind} {layer.units}" for layer in env.layers)
             raise ValueError(f"widths {counts.tolist()} do not fit {env.target.name}: give {len(units)} counts, "
                              f"each from 1 to the layer's units ({layers})")
-        self.env, self.counts, self.keep_ratios = env, counts, counts / units
+        self.env, self.counts = env, counts
 
     def run(self) -> tuple[torch.nn.Module, dict]:
-        env = self.env
-        model = env.pruner.prune_counts(self.counts, env.criterion)
-        return model, env.measure(model, env.score(model), keep_counts=self.counts)
-
-    def predict(self, observation, state=None, episode_start=None, deterministic=True):
-        return np.array([self.keep_ratios[self.env.unwrapped.current_layer]], dtype=np.float32), state
+        model = self.env.pruner.prune_counts(self.counts, self.env.criterion)
+        return model, self.finish(model, self.counts)
 
 
 class RandomPolicy(HeuristicPolicy):
@@ -160,8 +156,6 @@ class ScheduledNGF(PrunesInRounds):
             raise ValueError(f"ngf_scheduled needs a fine-tuning budget of at least 0 epochs, got {finetune_budget}")
         self.env, self.seed, self.rounds, self.power = env, seed, rounds, power
         self.finetune_epochs = finetune_budget / rounds
-        """Epochs of fine-tuning after each round but the last."""
-        self.keep_ratios: np.ndarray | None = None
 
     def flops_targets(self) -> list[float]:
         return [polynomial_decay(1.0, self.env.budget, k / self.rounds, self.power)
@@ -177,15 +171,7 @@ class ScheduledNGF(PrunesInRounds):
             model = rounds.step()
             if k < self.rounds and self.finetune_epochs > 0:
                 env.target.finetune(model, epochs=self.finetune_epochs, seed=self.seed + k)
-        counts = rounds.counts
-        self.keep_ratios = counts / env.units
-        record = env.measure(model, env.score(model), keep_counts=counts)
-        return model, {**record, "finetune_epochs_spent": self.finetune_epochs * (self.rounds - 1)}
-
-    def predict(self, observation, state=None, episode_start=None, deterministic=True):
-        if self.keep_ratios is None:
-            raise RuntimeError("call run() first: ngf_scheduled prunes in rounds, not in one episode")
-        return np.array([self.keep_ratios[self.env.unwrapped.current_layer]], dtype=np.float32), state
+        return model, self.finish(model, rounds.counts)
 
 
 class InRounds(PrunesInRounds):
@@ -212,7 +198,6 @@ class InRounds(PrunesInRounds):
         self.env, self.policy, self.seed, self.rounds, self.power = env, policy, seed, rounds, power
         self.name = f"{getattr(policy, 'name', 'policy')}+rounds"
         self.finetune_epochs = finetune_budget / rounds
-        self.keep_ratios: np.ndarray | None = None
 
     def widths(self, final: np.ndarray) -> list[np.ndarray]:
         """Unit counts per layer after each round, ending at ``final``."""
@@ -234,14 +219,7 @@ class InRounds(PrunesInRounds):
             model = rounds.step_to(counts)
             if k < self.rounds and self.finetune_epochs > 0:
                 env.target.finetune(model, epochs=self.finetune_epochs, seed=self.seed + k)
-        self.keep_ratios = final / env.units
-        record = env.measure(model, env.score(model), keep_counts=final)
-        return model, {**record, "finetune_epochs_spent": self.finetune_epochs * (self.rounds - 1)}
-
-    def predict(self, observation, state=None, episode_start=None, deterministic=True):
-        if self.keep_ratios is None:
-            raise RuntimeError("call run() first: a policy in rounds prunes in rounds, not in one episode")
-        return np.array([self.keep_ratios[self.env.unwrapped.current_layer]], dtype=np.float32), state
+        return model, self.finish(model, final)
 
 
 HEURISTICS = {cls.name: cls for cls in (UniformPolicy, L1Policy, NGFPolicy, RandomPolicy, ScheduledNGF)}
