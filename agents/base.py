@@ -27,6 +27,7 @@ class PrunesInRounds(ABC):
     name: str
     env: PruningEnv
     rounds: int
+    seed: int = 0
     finetune_epochs: float = 0.0
     """Epochs of fine-tuning after each round but the last."""
     keep_ratios: np.ndarray | None = None
@@ -34,6 +35,12 @@ class PrunesInRounds(ABC):
     @abstractmethod
     def run(self) -> tuple[Any, dict]:
         """Prune in rounds; the final model and its record (an episode's record)."""
+
+    def between_rounds(self, model, k: int):
+        """``model`` after round ``k``, fine-tuned for its share of the budget unless it is the last round."""
+        if k < self.rounds and self.finetune_epochs > 0:
+            self.env.target.finetune(model, epochs=self.finetune_epochs, seed=self.seed + k)
+        return model
 
     def finish(self, model, counts) -> dict:
         """The record of the final ``model`` with ``counts`` units per layer, measured as an

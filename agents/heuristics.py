@@ -168,9 +168,7 @@ class ScheduledNGF(PrunesInRounds):
                              "activation", resource="flops", floor=env.min_counts, layer_types=env.pruner.extra_layer_types,
                              round_counts=env.round_counts, cost=env.cost, keep_layers=env.target.keep_layers)
         for k in range(1, self.rounds + 1):
-            model = rounds.step()
-            if k < self.rounds and self.finetune_epochs > 0:
-                env.target.finetune(model, epochs=self.finetune_epochs, seed=self.seed + k)
+            model = self.between_rounds(rounds.step(), k)
         return model, self.finish(model, rounds.counts)
 
 
@@ -216,9 +214,7 @@ class InRounds(PrunesInRounds):
                              env.pruner.calibration_inputs, env.criterion, resource="units",
                              layer_types=env.pruner.extra_layer_types, keep_layers=env.target.keep_layers)
         for k, counts in enumerate(plan, start=1):
-            model = rounds.step_to(counts)
-            if k < self.rounds and self.finetune_epochs > 0:
-                env.target.finetune(model, epochs=self.finetune_epochs, seed=self.seed + k)
+            model = self.between_rounds(rounds.step_to(counts), k)
         return model, self.finish(model, final)
 
 
