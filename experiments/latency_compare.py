@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ from agents import make_heuristic
 from agents.base import prune_with
 from experiments.report import final_report, save_network, write_report
 from experiments.train import TrainRun, train_and_report
-from prune_env.cost import measure_latency, onnx_latency
+from prune_env.cost import onnx_latency, time_interleaved, torch_ms
 from prune_env.env import PruningEnv, lowest_flops_ratio
 from prune_env.export import export_onnx, load_pruned
 from target_models import Target
@@ -136,8 +137,6 @@ def time_networks(target: Target, runs: list[dict], rounds: int = 5, repeats: in
     run's batch size, in PyTorch (eager) and onnxruntime: the median over ``rounds`` rounds,
     each timing every network once (median of ``repeats`` warm runs), so that drift of the
     machine hits every network alike. One row per run."""
-    import torch
-
     base = target.load_pretrained().eval()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -148,13 +147,10 @@ def time_networks(target: Target, runs: list[dict], rounds: int = 5, repeats: in
             paths = [Path(tmp) / f"{batch}-{i}.onnx" for i in range(len(models))]
             for model, path in zip(models, paths, strict=True):
                 export_onnx(model, target.example_input(2), path)
-            times = np.zeros((rounds, len(models), 2))
-            with torch.no_grad():
-                for r in range(rounds):
-                    for i, (model, path) in enumerate(zip(models, paths, strict=True)):
-                        times[r, i, 0] = measure_latency(model, x, repeats=repeats, device=target.device)["ms"]
-                        times[r, i, 1] = onnx_latency(path, x, repeats=repeats)
-            ms = np.median(times, axis=0)
+            timers = [timer for model, path in zip(models, paths, strict=True)
+                      for timer in (partial(torch_ms, model, x, repeats, target.device),
+                                    partial(onnx_latency, path, x, repeats))]
+            ms = np.median(time_interleaved(timers, rounds), axis=0).reshape(len(models), 2)
             for i, run in enumerate(batch_runs, start=1):
                 report = json.loads((run["folder"] / "report.json").read_text())
                 row = {"batch": batch, "latency_budget": run["budget"], "policy": run["arm"], "seed": report["seed"],

@@ -135,6 +135,15 @@ def median_ms(call: Callable[[], object], repeats: int = 20, warmup: int = 3, wa
     return 1000 * statistics.median(times)
 
 
+def time_interleaved(timers: Sequence[Callable[[], float]], rounds: int) -> np.ndarray:
+    """Times of several timers (each returns ms), interleaved: ``rounds`` rounds that each call
+    every timer once, so that drift of the machine hits every timer alike. Returns an array
+    of shape (rounds, len(timers)); take its median over axis 0."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
+    return np.array([[timer() for timer in timers] for _ in range(rounds)], dtype=float)
+
+
 @torch.no_grad()
 def measure_latency(model: nn.Module, example: torch.Tensor, repeats: int = 20, warmup: int = 3,
                     mixed_precision: bool = False, device: torch.device | None = None) -> dict:
@@ -153,6 +162,11 @@ def measure_latency(model: nn.Module, example: torch.Tensor, repeats: int = 20, 
         ms = median_ms(forward, repeats, warmup)
     return {"ms": ms, "batch_size": int(example.shape[0]), "device": str(device),
             "threads": torch.get_num_threads(), "repeats": repeats, "mixed_precision": mixed_precision}
+
+
+def torch_ms(model: nn.Module, example: torch.Tensor, repeats: int = 20, device: torch.device | None = None) -> float:
+    """:func:`measure_latency`'s milliseconds alone (a timer for :func:`time_interleaved`)."""
+    return measure_latency(model, example, repeats=repeats, device=device)["ms"]
 
 
 def onnx_latency(path: str | Path, example: torch.Tensor, repeats: int = 20, warmup: int = 3,

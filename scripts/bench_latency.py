@@ -1,7 +1,7 @@
 """Does a FLOPs cut give a real speed-up? Latency of pruned against original networks.
 
     python scripts/bench_latency.py --target vgg16_cifar10 [--flops-budgets 0.3,0.5,0.7] [--untrained]
-    python scripts/bench_latency.py --target cnn_cifar10 --table 20 [--engine onnxruntime]   # the latency table's error
+    python scripts/bench_latency.py --target cnn_cifar10 --table 20 [--rounds 5] [--engine onnxruntime]   # the table's error
 
 Prunes the target with the uniform heuristic at each budget, exports it (ONNX, checked
 against the in-memory model) and times original and pruned at batch 1 and 64 in PyTorch
@@ -16,11 +16,11 @@ import json
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from agents.base import run_episode
 from agents.heuristics import UniformPolicy
+from experiments.latency_error import print_table_errors, table_errors
 from prune_env.cli import (
     add_target_arguments,
     check_at_least,
@@ -51,38 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "its cache)")
     parser.add_argument("--engine", default="torch", choices=["torch", "onnxruntime"],
                         help="engine of the --table check")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="interleaved timing rounds of the --table check; each allocation's median is used "
+                             "(default: 5)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     return parser
-
-
-def table_errors(target, model, batches: list[int], n: int, engine: str, seed: int = 0) -> list[dict]:
-    """Prediction error of the latency table on ``n`` random allocations (each layer's keep
-    ratio uniform in [0.1, 1]) per batch size, measured end to end with ``engine``."""
-    from prune_env.latency import LatencyTable
-    from prune_env.pruner import make_pruner
-    from prune_env.surgery import keep_count
-
-    pruner = make_pruner(model, target.example_input())
-    low = [keep_count(0.1, int(u)) for u in pruner.units]
-    rng = np.random.default_rng(seed)
-    allocations = [[keep_count(rng.uniform(0.1, 1.0), int(u)) for u in pruner.units] for _ in range(n)]
-    rows = []
-    for batch in batches:
-        table = LatencyTable.build(pruner, target.name, batch, engine, target.device, low=low)
-        x = target.example_input(batch)
-        for i, counts in enumerate([[int(u) for u in pruner.units], *allocations]):
-            pruned = pruner.prune_indices([torch.arange(c) for c in counts])
-            if engine == "torch":
-                measured = measure_latency(pruned, x, device=target.device)["ms"]
-            else:
-                with tempfile.TemporaryDirectory() as tmp:
-                    export_onnx(pruned, target.example_input(2), Path(tmp) / "m.onnx")
-                    measured = onnx_latency(Path(tmp) / "m.onnx", x)
-            predicted = table.predict(counts)
-            rows.append({"target": target.name, "engine": engine, "batch": batch, "allocation": i,
-                         "keep_counts": counts, "predicted_ms": round(predicted, 4), "measured_ms": round(measured, 4),
-                         "error": round(predicted / measured - 1, 4), "threads": torch.get_num_threads()})
-    return rows
 
 
 def main() -> None:
@@ -91,17 +64,15 @@ def main() -> None:
     batches = parse_counts(args.batch_sizes, "--batch-sizes")
     target = target_from_args(args)
     check_at_least("--round-to", args.round_to, 1)
+    check_at_least("--rounds", args.rounds, 1)
     check_budget_reachable(target, min(budgets), 0.1, flag="--flops-budgets", round_to=args.round_to)
     model = target.build_model().eval() if args.untrained else target.load_pretrained()
     if args.table:
-        rows = table_errors(target, model, batches, args.table, args.engine)
+        rows = table_errors(target, model, batches, args.table, args.engine, rounds=args.rounds)
         if args.json:
             print(json.dumps(rows, indent=2))
-            return
-        for batch in batches:
-            errors = np.array([abs(r["error"]) for r in rows if r["batch"] == batch and r["allocation"] > 0])
-            print(f"{target.name} {args.engine} batch {batch}: |error| mean {errors.mean():.1%}, max {errors.max():.1%}, "
-                  f"within 10%: {(errors <= 0.10).sum()}/{len(errors)} ({rows[0]['threads']} threads)")
+        else:
+            print_table_errors(rows, batches, args.engine)
         return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -146,3 +146,33 @@ def test_latency_compare_builds_every_arm_at_its_budget_and_resumes(tmp_path, sy
     for _, row in results.iterrows():
         measured = table[table["policy"] == row["policy"]]["torch_ratio"].iloc[0]
         assert row["within_5pct"] == (abs(measured / 0.5 - 1) <= 0.05)
+
+
+def test_interleaved_timing_calls_every_timer_once_per_round():
+    from prune_env.cost import time_interleaved
+
+    calls = []
+    timers = [lambda i=i: calls.append(i) or float(i) for i in range(3)]
+    times = time_interleaved(timers, rounds=2)
+    assert calls == [0, 1, 2, 0, 1, 2]
+    assert times.shape == (2, 3) and times[1].tolist() == [0.0, 1.0, 2.0]
+    with pytest.raises(ValueError, match="rounds"):
+        time_interleaved(timers, rounds=0)
+
+
+def test_the_table_check_reports_both_errors_against_interleaved_timings(monkeypatch):
+    from experiments import latency_error
+
+    table, pruner = _cartpole_table()
+    monkeypatch.setattr(latency_error.LatencyTable, "build", lambda *a, **k: table)
+    target = get_target("cartpole_policy")
+    rows = latency_error.table_errors(target, pruner.model, [1], 3, "torch", rounds=2)
+    assert [r["allocation"] for r in rows] == [0, 1, 2, 3]
+    base = rows[0]
+    assert base["ratio_error"] == 0 and base["keep_counts"] == [int(u) for u in pruner.units]
+    for r in rows:
+        assert r["measured_ms"] > 0 and r["spread"] >= 0 and r["rounds"] == 2
+        assert r["error"] == pytest.approx(r["predicted_ms"] / r["measured_ms"] - 1, abs=2e-3)
+        # the fraction of the unpruned latency: predicted over measured
+        expected = (r["predicted_ms"] / base["predicted_ms"]) / (r["measured_ms"] / base["measured_ms"]) - 1
+        assert r["ratio_error"] == pytest.approx(expected, abs=2e-3)

@@ -1,0 +1,81 @@
+"""How well does the per-layer latency table predict end-to-end latency?
+
+:func:`table_errors` draws random allocations, predicts each one's latency with the
+target's table and times the pruned network end to end, interleaved over rounds so that
+drift of the machine hits every network alike. ``scripts/bench_latency.py --table N``
+prints the summary.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from prune_env.cost import onnx_latency, time_interleaved, torch_ms
+from prune_env.export import export_onnx
+from prune_env.latency import LatencyTable
+from prune_env.pruner import make_pruner
+from prune_env.surgery import keep_count
+
+
+def table_errors(target, model, batches: list[int], n: int, engine: str, seed: int = 0,
+                 rounds: int = 1) -> list[dict]:
+    """Prediction error of the latency table on ``n`` random allocations (each layer's keep
+    ratio uniform in [0.1, 1]) per batch size, measured end to end with ``engine``: the
+    median over ``rounds`` interleaved rounds (the unpruned network first in each). Two
+    errors per allocation: of the predicted milliseconds (``error``), and of the predicted
+    fraction of the unpruned network's latency against the measured fraction
+    (``ratio_error``: the budget clamp works on that fraction, and it does not depend on how
+    fast this process runs the unpruned network). ``spread`` is the timer's own: max over
+    min of an allocation's rounds, minus 1."""
+    pruner = make_pruner(model, target.example_input())
+    low = [keep_count(0.1, int(u)) for u in pruner.units]
+    rng = np.random.default_rng(seed)
+    allocations = [[keep_count(rng.uniform(0.1, 1.0), int(u)) for u in pruner.units] for _ in range(n)]
+    allocations = [[int(u) for u in pruner.units], *allocations]
+    rows = []
+    for batch in batches:
+        table = LatencyTable.build(pruner, target.name, batch, engine, target.device, low=low)
+        x = target.example_input(batch)
+        pruned = [pruner.prune_indices([torch.arange(c) for c in counts]) for counts in allocations]
+        with tempfile.TemporaryDirectory() as tmp:
+            if engine == "torch":
+                timers = [partial(torch_ms, m, x, 20, target.device) for m in pruned]
+            else:
+                paths = [Path(tmp) / f"m{i}.onnx" for i in range(len(pruned))]
+                for m, path in zip(pruned, paths, strict=True):
+                    export_onnx(m, target.example_input(2), path)
+                timers = [partial(onnx_latency, path, x) for path in paths]
+            times = time_interleaved(timers, rounds)
+        measured = np.median(times, axis=0)
+        predicted = np.array([table.predict(counts) for counts in allocations])
+        for i, counts in enumerate(allocations):
+            ratio_error = (predicted[i] / predicted[0]) / (measured[i] / measured[0]) - 1
+            rows.append({"target": target.name, "engine": engine, "batch": batch, "allocation": i,
+                         "keep_counts": counts, "predicted_ms": round(float(predicted[i]), 4),
+                         "measured_ms": round(float(measured[i]), 4),
+                         "error": round(float(predicted[i] / measured[i] - 1), 4),
+                         "ratio_error": round(float(ratio_error), 4),
+                         "spread": round(float(times[:, i].max() / times[:, i].min() - 1), 4),
+                         "rounds": rounds, "threads": torch.get_num_threads()})
+    return rows
+
+
+def print_table_errors(rows: list[dict], batches: list[int], engine: str) -> None:
+    """One line per batch size: the errors of the 20 (or N) random allocations."""
+    for batch in batches:
+        at = [r for r in rows if r["batch"] == batch and r["allocation"] > 0]
+        base = next(r for r in rows if r["batch"] == batch and r["allocation"] == 0)
+        errors = np.abs([r["error"] for r in at])
+        ratio_errors = np.abs([r["ratio_error"] for r in at])
+        spread = np.median([r["spread"] for r in at])
+        print(f"{rows[0]['target']} {engine} batch {batch}: ms error median {np.median(errors):.1%}, "
+              f"max {errors.max():.1%}, within 10%: {(errors <= 0.10).sum()}/{len(errors)}; "
+              f"fraction-of-unpruned error median {np.median(ratio_errors):.1%}, max {ratio_errors.max():.1%}, "
+              f"within 10%: {(ratio_errors <= 0.10).sum()}/{len(ratio_errors)}; unpruned predicted "
+              f"{base['predicted_ms']:.3g} ms, measured {base['measured_ms']:.3g} ms; timer spread over "
+              f"{base['rounds']} rounds median {spread:.1%} ({base['threads']} threads)")
