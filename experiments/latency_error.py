@@ -56,8 +56,8 @@ def table_errors(target, model, batches: list[int], n: int, engine: str, seed: i
         for i, counts in enumerate(allocations):
             ratio_error = (predicted[i] / predicted[0]) / (measured[i] / measured[0]) - 1
             rows.append({"target": target.name, "engine": engine, "batch": batch, "allocation": i,
-                         "keep_counts": counts, "predicted_ms": round(float(predicted[i]), 4),
-                         "measured_ms": round(float(measured[i]), 4),
+                         "keep_counts": counts, "predicted_ms": float(predicted[i]),
+                         "measured_ms": float(measured[i]),
                          "error": round(float(predicted[i] / measured[i] - 1), 4),
                          "ratio_error": round(float(ratio_error), 4),
                          "spread": round(float(times[:, i].max() / times[:, i].min() - 1), 4),
