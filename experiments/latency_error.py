@@ -37,37 +37,43 @@ def table_errors(target, model, batches: list[int], n: int, engine: str, seed: i
     rng = np.random.default_rng(seed)
     allocations = [[keep_count(rng.uniform(0.1, 1.0), int(u)) for u in pruner.units] for _ in range(n)]
     allocations = [[int(u) for u in pruner.units], *allocations]
+    pruned = [pruner.prune_indices([torch.arange(c) for c in counts]) for counts in allocations]
     rows = []
-    for batch in batches:
-        table = LatencyTable.build(pruner, target.name, batch, engine, target.device, low=low)
-        x = target.example_input(batch)
-        pruned = [pruner.prune_indices([torch.arange(c) for c in counts]) for counts in allocations]
-        with tempfile.TemporaryDirectory() as tmp:
-            if engine == "torch":
-                timers = [partial(torch_ms, m, x, 20, target.device) for m in pruned]
-            else:
-                paths = [Path(tmp) / f"m{i}.onnx" for i in range(len(pruned))]
-                for m, path in zip(pruned, paths, strict=True):
-                    export_onnx(m, target.example_input(2), path)
-                timers = [partial(onnx_latency, path, x) for path in paths]
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = [Path(tmp) / f"m{i}.onnx" for i in range(len(pruned))] if engine == "onnxruntime" else []
+        for m, path in zip(pruned, paths, strict=False):
+            export_onnx(m, target.example_input(2), path)
+        for batch in batches:
+            table = LatencyTable.build(pruner, target.name, batch, engine, target.device, low=low)
+            x = target.example_input(batch)
+            timers = ([partial(onnx_latency, path, x) for path in paths] if paths
+                      else [partial(torch_ms, m, x, device=target.device) for m in pruned])
             times = time_interleaved(timers, rounds)
-        measured = np.median(times, axis=0)
-        predicted = np.array([table.predict(counts) for counts in allocations])
-        for i, counts in enumerate(allocations):
-            ratio_error = (predicted[i] / predicted[0]) / (measured[i] / measured[0]) - 1
-            rows.append({"target": target.name, "engine": engine, "batch": batch, "allocation": i,
-                         "keep_counts": counts, "predicted_ms": float(predicted[i]),
-                         "measured_ms": float(measured[i]),
-                         "error": round(float(predicted[i] / measured[i] - 1), 4),
-                         "ratio_error": round(float(ratio_error), 4),
-                         "spread": round(float(times[:, i].max() / times[:, i].min() - 1), 4),
-                         "rounds": rounds, "threads": torch.get_num_threads()})
+            rows += _error_rows(target.name, engine, batch, allocations, table, times)
     return rows
 
 
-def print_table_errors(rows: list[dict], batches: list[int], engine: str) -> None:
+def _error_rows(target_name: str, engine: str, batch: int, allocations: list[list[int]], table: LatencyTable,
+                times: np.ndarray) -> list[dict]:
+    """One row per allocation (the unpruned network first) from its interleaved timings."""
+    measured = np.median(times, axis=0)
+    predicted = np.array([table.predict(counts) for counts in allocations])
+    rows = []
+    for i, counts in enumerate(allocations):
+        ratio_error = (predicted[i] / predicted[0]) / (measured[i] / measured[0]) - 1
+        rows.append({"target": target_name, "engine": engine, "batch": batch, "allocation": i,
+                     "keep_counts": counts, "predicted_ms": float(predicted[i]), "measured_ms": float(measured[i]),
+                     "error": round(float(predicted[i] / measured[i] - 1), 4),
+                     "ratio_error": round(float(ratio_error), 4),
+                     "spread": round(float(times[:, i].max() / times[:, i].min() - 1), 4),
+                     "rounds": len(times), "threads": torch.get_num_threads()})
+    return rows
+
+
+def print_table_errors(rows: list[dict]) -> None:
     """One line per batch size: the errors of the 20 (or N) random allocations."""
-    for batch in batches:
+    engine = rows[0]["engine"]
+    for batch in dict.fromkeys(r["batch"] for r in rows):
         at = [r for r in rows if r["batch"] == batch and r["allocation"] > 0]
         base = next(r for r in rows if r["batch"] == batch and r["allocation"] == 0)
         errors = np.abs([r["error"] for r in at])

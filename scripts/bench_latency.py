@@ -72,7 +72,7 @@ def main() -> None:
         if args.json:
             print(json.dumps(rows, indent=2))
         else:
-            print_table_errors(rows, batches, args.engine)
+            print_table_errors(rows)
         return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
