@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prune_env.cost import onnx_latency, time_interleaved, torch_ms
+from prune_env.cost import onnx_latency, over_rounds, time_interleaved, torch_ms
 from prune_env.export import export_onnx
 from prune_env.latency import LatencyTable
 from prune_env.pruner import make_pruner
@@ -23,10 +23,11 @@ from prune_env.surgery import keep_count
 
 
 def table_errors(target, model, batches: list[int], n: int, engine: str, seed: int = 0,
-                 rounds: int = 1) -> list[dict]:
+                 rounds: int = 1, statistic: str = "median") -> list[dict]:
     """Prediction error of the latency table on ``n`` random allocations (each layer's keep
-    ratio uniform in [0.1, 1]) per batch size, measured end to end with ``engine``: the
-    median over ``rounds`` interleaved rounds (the unpruned network first in each). Two
+    ratio uniform in [0.1, 1]) per batch size, measured end to end with ``engine`` over
+    ``rounds`` interleaved rounds (the unpruned network first in each), with the
+    ``statistic`` the table was timed with (``median``, or ``min``: the fastest run). Two
     errors per allocation: of the predicted milliseconds (``error``), and of the predicted
     fraction of the unpruned network's latency against the measured fraction
     (``ratio_error``: the budget clamp works on that fraction, and it does not depend on how
@@ -44,19 +45,20 @@ def table_errors(target, model, batches: list[int], n: int, engine: str, seed: i
         for m, path in zip(pruned, paths, strict=False):
             export_onnx(m, target.example_input(2), path)
         for batch in batches:
-            table = LatencyTable.build(pruner, target.name, batch, engine, target.device, low=low)
+            table = LatencyTable.build(pruner, target.name, batch, engine, target.device, low=low,
+                                       statistic=statistic)
             x = target.example_input(batch)
-            timers = ([partial(onnx_latency, path, x) for path in paths] if paths
-                      else [partial(torch_ms, m, x, device=target.device) for m in pruned])
+            timers = ([partial(onnx_latency, path, x, statistic=statistic) for path in paths] if paths
+                      else [partial(torch_ms, m, x, device=target.device, statistic=statistic) for m in pruned])
             times = time_interleaved(timers, rounds)
-            rows += _error_rows(target.name, engine, batch, allocations, table, times)
+            rows += _error_rows(target.name, engine, batch, allocations, table, times, statistic)
     return rows
 
 
 def _error_rows(target_name: str, engine: str, batch: int, allocations: list[list[int]], table: LatencyTable,
-                times: np.ndarray) -> list[dict]:
+                times: np.ndarray, statistic: str = "median") -> list[dict]:
     """One row per allocation (the unpruned network first) from its interleaved timings."""
-    measured = np.median(times, axis=0)
+    measured = over_rounds(times, statistic)
     predicted = np.array([table.predict(counts) for counts in allocations])
     rows = []
     for i, counts in enumerate(allocations):
@@ -66,7 +68,7 @@ def _error_rows(target_name: str, engine: str, batch: int, allocations: list[lis
                      "error": round(float(predicted[i] / measured[i] - 1), 4),
                      "ratio_error": round(float(ratio_error), 4),
                      "spread": round(float(times[:, i].max() / times[:, i].min() - 1), 4),
-                     "rounds": len(times), "threads": torch.get_num_threads()})
+                     "rounds": len(times), "statistic": statistic, "threads": torch.get_num_threads()})
     return rows
 
 
@@ -84,4 +86,5 @@ def print_table_errors(rows: list[dict]) -> None:
               f"fraction-of-unpruned error median {np.median(ratio_errors):.1%}, max {ratio_errors.max():.1%}, "
               f"within 10%: {(ratio_errors <= 0.10).sum()}/{len(ratio_errors)}; unpruned predicted "
               f"{base['predicted_ms']:.3g} ms, measured {base['measured_ms']:.3g} ms; timer spread over "
-              f"{base['rounds']} rounds median {spread:.1%} ({base['threads']} threads)")
+              f"{base['rounds']} rounds median {spread:.1%} ({base['threads']} threads, the "
+              f"{base['statistic']} run)")

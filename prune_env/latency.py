@@ -18,8 +18,9 @@ on the tail) so that the table predicts those two timings exactly.
 
 A table is built once, with a progress bar, and cached under ``$PRUNE_ENV_HOME/latency``
 by target name, architecture (a hash of the module's printout and the example input's shape
-and dtype), widths, device, batch size, threads and engine; a table measured with other
-settings is never reused.
+and dtype), widths, device, batch size, threads, engine and timing statistic (the median
+run, or the fastest: :func:`prune_env.cost.wall_ms`); a table measured with other settings
+is never reused.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from prune_env.cost import median_ms, onnx_latency
+from prune_env.cost import TIMING_STATISTICS, onnx_latency, wall_ms
 from prune_env.pruner import BasePruner, Pruner
 from target_models.checkpoints import home_dir
 from target_models.device import module_device, on_device, to_device
@@ -66,12 +67,14 @@ def _interpolate(grid_in: np.ndarray, grid_out: np.ndarray, table: np.ndarray, a
 class _Timer:
     """Times one module on one input with an engine."""
 
-    def __init__(self, engine: str, device: torch.device, repeats: int):
+    def __init__(self, engine: str, device: torch.device, repeats: int, statistic: str = "median"):
         if engine not in ENGINES:
             raise ValueError(f"unknown latency engine {engine!r}; choose one of: {', '.join(ENGINES)}")
         if engine == "onnxruntime" and device.type != "cpu":
             raise ValueError("the onnxruntime engine times on the CPU; use engine='torch' on another device")
-        self.engine, self.device, self.repeats = engine, device, repeats
+        if statistic not in TIMING_STATISTICS:
+            raise ValueError(f"unknown timing statistic {statistic!r}; choose one of: {', '.join(TIMING_STATISTICS)}")
+        self.engine, self.device, self.repeats, self.statistic = engine, device, repeats, statistic
 
     @torch.no_grad()
     def __call__(self, module: nn.Module, x: torch.Tensor) -> float:
@@ -86,7 +89,7 @@ class _Timer:
             sync()
 
         with on_device(module, self.device):
-            return median_ms(forward, self.repeats, warmup=3, warmup_seconds=0.05)
+            return wall_ms(forward, self.repeats, warmup=3, warmup_seconds=0.05, statistic=self.statistic)
 
     def _onnx(self, module: nn.Module, x: torch.Tensor) -> float:
         from prune_env.export import export_onnx
@@ -94,7 +97,7 @@ class _Timer:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "block.onnx"
             export_onnx(module, x, path)
-            return onnx_latency(path, x, self.repeats, warmup=3, warmup_seconds=0.05)
+            return onnx_latency(path, x, self.repeats, warmup=3, warmup_seconds=0.05, statistic=self.statistic)
 
 
 class LatencyTable:
@@ -133,13 +136,14 @@ class LatencyTable:
     @classmethod
     def measure(cls, pruner: BasePruner, batch_size: int = 1, engine: str = "torch",
                 device: torch.device | str | None = None, points: int = 6, low: Sequence[int] | None = None,
-                repeats: int = 10, show_progress: bool = True) -> LatencyTable:
-        """Time every block of ``pruner``'s network on its grid of widths."""
+                repeats: int = 10, show_progress: bool = True, statistic: str = "median") -> LatencyTable:
+        """Time every block of ``pruner``'s network on its grid of widths (each cell the
+        ``statistic`` of ``repeats`` runs: see :func:`prune_env.cost.wall_ms`)."""
         if not isinstance(pruner, Pruner):
             raise ValueError("latency tables cover sequential networks (nn.Sequential targets); this network is "
                              "pruned through a dependency graph")
         device, low = _device_and_low(pruner, device, low)
-        timer = _Timer(engine, device, repeats)
+        timer = _Timer(engine, device, repeats, statistic)
         layers, units = pruner.layers, pruner.units
         grids = [grid_widths(int(lo), int(u), points) for lo, u in zip(low, units, strict=True)]
         example = pruner.example.repeat(batch_size, *([1] * (pruner.example.dim() - 1)))
@@ -164,7 +168,7 @@ class LatencyTable:
             else:
                 tail[list(grids[-1]).index(a)] = ms
         settings = {"batch_size": batch_size, "engine": engine, "device": str(device),
-                    "threads": torch.get_num_threads(), "points": points, "repeats": repeats}
+                    "threads": torch.get_num_threads(), "points": points, "repeats": repeats, "statistic": statistic}
         # timing noise must not make a wider layer look faster: the clamp bisects on a cost
         # that rises with every count, so each block's times are made non-decreasing
         blocks = [np.maximum.accumulate(np.maximum.accumulate(b, axis=0), axis=1) for b in blocks]
@@ -185,20 +189,21 @@ class LatencyTable:
     @classmethod
     def build(cls, pruner: BasePruner, name: str, batch_size: int = 1, engine: str = "torch",
               device: torch.device | str | None = None, points: int = 6, low: Sequence[int] | None = None,
-              show_progress: bool = True, cache: bool = True) -> LatencyTable:
+              show_progress: bool = True, cache: bool = True, statistic: str = "median") -> LatencyTable:
         """The cached table of ``name``'s network for these settings, measured when none is."""
         device, low = _device_and_low(pruner, device, low)
         architecture = f"{pruner.model}|{tuple(pruner.example.shape)}|{pruner.example.dtype}"
         key = {"target": name, "architecture": hashlib.sha1(architecture.encode()).hexdigest()[:16],
                "units": [int(u) for u in pruner.units], "low": [int(x) for x in low],
                "batch_size": batch_size, "engine": engine, "device": str(device),
-               "threads": torch.get_num_threads(), "points": points}
+               "threads": torch.get_num_threads(), "points": points, "statistic": statistic}
         path = cache_path(key)
         if cache and path.exists():
             saved = json.loads(path.read_text())
             if saved.get("key") == key:
                 return cls.from_dict(saved)
-        table = cls.measure(pruner, batch_size, engine, device, points, low, show_progress=show_progress)
+        table = cls.measure(pruner, batch_size, engine, device, points, low, show_progress=show_progress,
+                            statistic=statistic)
         if cache:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")

@@ -1,7 +1,8 @@
 """Does a FLOPs cut give a real speed-up? Latency of pruned against original networks.
 
     python scripts/bench_latency.py --target vgg16_cifar10 [--flops-budgets 0.3,0.5,0.7] [--untrained]
-    python scripts/bench_latency.py --target cnn_cifar10 --table 20 [--rounds 5] [--engine onnxruntime]   # the table's error
+    python scripts/bench_latency.py --target cnn_cifar10 --table 20 [--rounds 5] [--engine onnxruntime] \
+        [--statistic min]   # the table's error
 
 Prunes the target with the uniform heuristic at each budget, exports it (ONNX, checked
 against the in-memory model) and times original and pruned at batch 1 and 64 in PyTorch
@@ -52,8 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--engine", default="torch", choices=["torch", "onnxruntime"],
                         help="engine of the --table check")
     parser.add_argument("--rounds", type=int, default=5,
-                        help="interleaved timing rounds of the --table check; each allocation's median is used "
-                             "(default: 5)")
+                        help="interleaved timing rounds of the --table check (default: 5)")
+    parser.add_argument("--statistic", default="median", choices=["median", "min"],
+                        help="what the --table check's table and timers take of their runs: the median run "
+                             "(default) or the fastest (the network's own cost, least moved by other processes)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     return parser
 
@@ -68,7 +71,8 @@ def main() -> None:
     check_budget_reachable(target, min(budgets), 0.1, flag="--flops-budgets", round_to=args.round_to)
     model = target.build_model().eval() if args.untrained else target.load_pretrained()
     if args.table:
-        rows = table_errors(target, model, batches, args.table, args.engine, rounds=args.rounds)
+        rows = table_errors(target, model, batches, args.table, args.engine, rounds=args.rounds,
+                            statistic=args.statistic)
         if args.json:
             print(json.dumps(rows, indent=2))
         else:

@@ -3,6 +3,8 @@
     python scripts/proxy_fidelity.py --target vgg16_cifar10 --flops-budget 0.5 --candidates 30 \
         [--finetune-epochs 0.1] [--modes plain,adaptive_bn,finetune] [--criteria l1,activation] \
         --out results/fidelity-vgg
+    python scripts/proxy_fidelity.py --target vgg16_cifar10 --flops-budget 0.5 --runs results/compare-vgg16 \
+        --out results/fidelity-vgg-runs   # the networks a comparison's searches chose
 
 Measures every single-shot heuristic's allocation and N random ones that meet the budget
 with each evaluation mode (validation slice) and after the standard fine-tune (test
@@ -10,6 +12,10 @@ split); prints Kendall tau and Spearman rho of each mode against the fine-tuned 
 seconds per candidate (with --criteria, which criterion gives the better fine-tuned network
 on the same widths), and writes OUT/fidelity.json, OUT/candidates.csv and
 OUT/candidates.jsonl (an interrupted run continues from it when started again).
+With --runs, the candidates are instead the networks finished runs chose (a comparison's
+output folder, its runs/ folder or one run folder, several separated by commas), and the
+ground truth is the fine-tuned test metric those runs already recorded: nothing is
+fine-tuned again, and the fidelity is measured where a search's choice is made.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from experiments.fidelity import format_summary, proxy_fidelity
+from experiments.fidelity import format_summary, proxy_fidelity, rescore_runs
 from prune_env.cli import (
     UsageError,
     add_evaluation_arguments,
@@ -55,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", default=None,
                         help="a YAML file overriding the packaged prune_env/configs/<target>.yaml; flags override "
                              "it (default: none)")
+    parser.add_argument("--runs", default="",
+                        help="instead of random candidates: the networks of these finished runs (comparison "
+                             "folders or run folders, separated by commas), against their recorded fine-tuned metric")
     parser.add_argument("--out", required=True, help="folder for fidelity.json and the candidates")
     add_evaluation_arguments(parser)
     return parser
@@ -77,6 +86,16 @@ def main() -> None:
     config = load_config(args.target, config_file=args.config, overrides={
         "env": {"val_size": args.val_size, **evaluation_overrides(args)},
         "evaluate": {"finetune_epochs": args.finetune_epochs}})
+    if args.runs:
+        target = target_from_args(args)
+        folders = [Path(f) for f in args.runs.split(",") if f]
+        missing = [str(f) for f in folders if not f.is_dir()]
+        if missing:
+            raise UsageError(f"no such run folder: {', '.join(missing)}")
+        summary = rescore_runs(target, config["env"], args.flops_budget, folders, Path(args.out), modes=modes)
+        print(format_summary(summary))
+        print(f"wrote {args.out}/fidelity.json, candidates.csv")
+        return
     if not config["evaluate"]["finetune_epochs"] > 0:
         raise UsageError("--finetune-epochs must be above 0: the fine-tuned metric is the ground truth")
     refuse_latency_budget(config, "proxy_fidelity.py")

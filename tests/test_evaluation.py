@@ -220,3 +220,48 @@ def test_proxy_fidelity_script_resumes_and_refuses_other_settings(isolated_home,
         kendall_tau([r["score_plain"] for r in resumed], truth), nan_ok=True)
     other = _run_fidelity(isolated_home, [*command, "--flops-budget", "0.7"])
     assert other.returncode == 2 and "other settings" in other.stderr
+
+
+def test_rescoring_finished_runs_rebuilds_their_networks_against_their_recorded_metric(pretrained_cartpole, tmp_path):
+    from agents.base import run_episode
+    from agents.heuristics import make_heuristic
+    from experiments.fidelity import rescore_runs
+    from prune_env.cli import UsageError
+    from prune_env.env import PruningEnv
+
+    target = get_target("cartpole_policy")
+    config = {"val_size": 4, "calibration_size": 16, "criterion": "l1"}
+    env = PruningEnv(target, flops_budget=0.5, **config)
+    runs = tmp_path / "compare" / "runs"
+    recorded = []
+    for k in range(4):
+        record = run_episode(env, make_heuristic("random", env, seed=k))
+        report = {**record, "policy": "random", "seed": k, "metric_finetuned": 100.0 + 10 * k,
+                  "finetune_epochs": 1.0, "finetune_epochs_total": 1.0}
+        if k == 3:  # reached in rounds: fine-tuned between them, not rebuilt by surgery
+            report["finetune_epochs"] = 1 / 3
+        (runs / f"random-b0.5-s{k}").mkdir(parents=True)
+        (runs / f"random-b0.5-s{k}" / "report.json").write_text(json.dumps(report))
+        recorded.append(report)
+    other = runs / "random-b0.7-s0"  # another budget
+    other.mkdir()
+    (other / "report.json").write_text(json.dumps({**recorded[0], "flops_budget": 0.7}))
+
+    summary = rescore_runs(target, config, 0.5, [tmp_path / "compare"], tmp_path / "out", modes=("plain",),
+                           show_progress=False)
+    rows = {r["candidate"]: r for r in _csv_rows(tmp_path / "out" / "candidates.csv")}
+    assert sorted(rows) == [f"random-b0.5-s{k}" for k in range(3)] and summary["candidates"] == 3
+    for k in range(3):  # the same network: plain scores it as its run's environment did
+        assert float(rows[f"random-b0.5-s{k}"]["score_plain"]) == pytest.approx(recorded[k]["metric_pruned_val"])
+    assert summary["modes"]["plain"]["kendall_tau"] == pytest.approx(
+        kendall_tau([recorded[k]["metric_pruned_val"] for k in range(3)], [100.0, 110.0, 120.0]), nan_ok=True)
+    (runs / "random-b0.5-s0" / "report.json").write_text(json.dumps({**recorded[0], "metric_base_val": -1.0}))
+    with pytest.raises(UsageError, match="with the checkpoint"):
+        rescore_runs(target, config, 0.5, [runs], tmp_path / "out", modes=("plain",), show_progress=False)
+
+
+def _csv_rows(path) -> list[dict]:
+    import csv
+
+    with path.open() as f:
+        return list(csv.DictReader(f))

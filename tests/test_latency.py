@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -63,8 +64,28 @@ def test_the_table_is_cached_and_measured_again_when_a_setting_changes(monkeypat
     finally:
         torch.set_num_threads(threads)
     assert len(measured) == 2
+    fastest, _ = _cartpole_table(statistic="min")
+    assert len(measured) == 3 and fastest.settings["statistic"] == "min"
     with pytest.raises(ValueError, match="unknown latency engine"):
         _cartpole_table(engine="tensorrt")
+    with pytest.raises(ValueError, match="unknown timing statistic"):
+        _cartpole_table(statistic="mean")
+
+
+def test_the_fastest_run_is_never_slower_than_the_median_run():
+    from prune_env.cost import over_rounds, wall_ms
+
+    # a call that is slow on two runs of three (another process's load): the median sees it, min does not
+    def runs():
+        while True:
+            yield from (0.006, 0.006, 0.0)
+
+    delays = runs()
+    call = lambda: time.sleep(next(delays))  # noqa: E731
+    assert wall_ms(call, repeats=9, warmup=3, warmup_seconds=0, statistic="min") < 3.0
+    assert wall_ms(call, repeats=9, warmup=3, warmup_seconds=0, statistic="median") >= 6.0
+    times = np.array([[3.0, 1.0], [1.0, 5.0], [2.0, 2.0]])  # rounds x timers
+    assert over_rounds(times, "median").tolist() == [2.0, 2.0] and over_rounds(times, "min").tolist() == [1.0, 1.0]
 
 
 @pytest.fixture
