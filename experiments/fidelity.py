@@ -76,6 +76,18 @@ def compare_criteria(rows: list[dict]) -> dict:
                 "best_on": sum(max(a, key=a.get) == c for a in paired)} for c in criteria}
 
 
+def score_modes(env: PruningEnv, model: torch.nn.Module, modes: dict) -> dict:
+    """Each mode's validation score of a copy of ``model`` it prepared, and its seconds."""
+    scores = {}
+    for name, mode in modes.items():
+        started = time.perf_counter()
+        prepared = copy.deepcopy(model)
+        mode.prepare(prepared)
+        scores[f"score_{name}"] = env.validation_metric(prepared)
+        scores[f"seconds_{name}"] = time.perf_counter() - started
+    return scores
+
+
 def measure_candidate(env: PruningEnv, candidate: Candidate, modes: dict, finetune_epochs: float,
                       evaluate_test, seed: int = 0) -> dict:
     """One row: every mode's validation score and seconds, and the fine-tuned test metric."""
@@ -84,12 +96,7 @@ def measure_candidate(env: PruningEnv, candidate: Candidate, modes: dict, finetu
     row = {"candidate": candidate.name, "criterion": candidate.criterion,
            "keep_counts": list(candidate.keep_counts),
            "flops_ratio": env.flop_model.flops(np.array(candidate.keep_counts)) / env.flops_base}
-    for name, mode in modes.items():
-        started = time.perf_counter()
-        prepared = copy.deepcopy(model)
-        mode.prepare(prepared)
-        row[f"score_{name}"] = env.validation_metric(prepared)
-        row[f"seconds_{name}"] = time.perf_counter() - started
+    row.update(score_modes(env, model, modes))
     started = time.perf_counter()
     tuned = copy.deepcopy(model)
     with torch.random.fork_rng():  # dropout: the same ground truth however many ran before
@@ -224,12 +231,7 @@ def rescore_runs(target: Target, env_config: dict, budget: float, folders: list[
                  else env.pruner.prune_counts(np.array(report["keep_counts"]), criterion))
         row = {"candidate": name, "criterion": criterion, "keep_counts": report["keep_counts"],
                "flops_ratio": report["flops_ratio"], "finetune_seed": report["seed"]}
-        for mode_name, mode in built.items():
-            started = time.perf_counter()
-            prepared = copy.deepcopy(model)
-            mode.prepare(prepared)
-            row[f"score_{mode_name}"] = env.validation_metric(prepared)
-            row[f"seconds_{mode_name}"] = time.perf_counter() - started
+        row.update(score_modes(env, model, built))
         row["metric_finetuned_test"] = report["metric_finetuned"]
         rows.append(row)
     env = next(iter(envs.values()))
