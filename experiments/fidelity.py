@@ -229,7 +229,7 @@ def rescore_runs(target: Target, env_config: dict, budget: float, folders: list[
         units = report.get("kept_units")
         model = (env.pruner.prune_indices([torch.tensor(u) for u in units]) if units
                  else env.pruner.prune_counts(np.array(report["keep_counts"]), criterion))
-        row = {"candidate": name, "criterion": criterion, "keep_counts": report["keep_counts"],
+        row = {"candidate": name, "policy": report["policy"], "criterion": criterion, "keep_counts": report["keep_counts"],
                "flops_ratio": report["flops_ratio"], "finetune_seed": report["seed"]}
         row.update(score_modes(env, model, built))
         row["metric_finetuned_test"] = report["metric_finetuned"]
@@ -239,6 +239,10 @@ def rescore_runs(target: Target, env_config: dict, budget: float, folders: list[
                "runs": [str(f) for f in folders], "finetune_epochs": epochs.pop(),
                "metric_name": target.metric_name, "metric_base_val": env.metric_base, **settings,
                "val_size": env_config.get("val_size"), "modes": summarise(rows, list(modes))}
+    searched = [r for r in rows if r["policy"] not in HEURISTICS]
+    if len(searched) >= 2:  # where a search's choice is made: among the networks searches return
+        summary["searched_candidates"] = len(searched)
+        summary["modes_searched"] = summarise(searched, list(modes))
     write_json(out / "fidelity.json", summary)
     write_rows_csv(out / "candidates.csv", rows)
     return summary
@@ -264,6 +268,10 @@ def format_summary(summary: dict) -> str:
     for name, m in summary["modes"].items():
         lines.append(f"  {name:12s} {m['kendall_tau']:12.3f} {m['spearman_rho']:13.3f} "
                      f"{m['seconds_per_candidate']:12.2f}")
+    if "modes_searched" in summary:
+        lines.append(f"  only the {summary['searched_candidates']} networks searches chose (no heuristic's):")
+        for name, m in summary["modes_searched"].items():
+            lines.append(f"  {name:12s} {m['kendall_tau']:12.3f} {m['spearman_rho']:13.3f}")
     if "seconds_ground_truth_per_candidate" in summary:
         lines.append(f"  (ground truth, fine-tune + test: {summary['seconds_ground_truth_per_candidate']:.1f} "
                      "s/candidate)")

@@ -236,7 +236,8 @@ def test_rescoring_finished_runs_rebuilds_their_networks_against_their_recorded_
     recorded = []
     for k in range(4):
         record = run_episode(env, make_heuristic("random", env, seed=k))
-        report = {**record, "policy": "random", "seed": k, "metric_finetuned": 100.0 + 10 * k,
+        report = {**record, "policy": "random" if k == 0 else "random_search", "seed": k,
+                  "metric_finetuned": 100.0 + 10 * k,
                   "finetune_epochs": 1.0, "finetune_epochs_total": 1.0}
         if k == 3:  # reached in rounds: fine-tuned between them, not rebuilt by surgery
             report["finetune_epochs"] = 1 / 3
@@ -255,6 +256,9 @@ def test_rescoring_finished_runs_rebuilds_their_networks_against_their_recorded_
         assert float(rows[f"random-b0.5-s{k}"]["score_plain"]) == pytest.approx(recorded[k]["metric_pruned_val"])
     assert summary["modes"]["plain"]["kendall_tau"] == pytest.approx(
         kendall_tau([recorded[k]["metric_pruned_val"] for k in range(3)], [100.0, 110.0, 120.0]), nan_ok=True)
+    assert summary["searched_candidates"] == 2  # the searches' networks alone, without the heuristic's
+    assert summary["modes_searched"]["plain"]["kendall_tau"] == pytest.approx(
+        kendall_tau([recorded[k]["metric_pruned_val"] for k in (1, 2)], [110.0, 120.0]), nan_ok=True)
     (runs / "random-b0.5-s0" / "report.json").write_text(json.dumps({**recorded[0], "metric_base_val": -1.0}))
     with pytest.raises(UsageError, match="with the checkpoint"):
         rescore_runs(target, config, 0.5, [runs], tmp_path / "out", modes=("plain",), show_progress=False)
