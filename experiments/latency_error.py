@@ -23,7 +23,7 @@ from prune_env.surgery import keep_count
 
 
 def table_errors(target, model, batches: list[int], n: int, engine: str, seed: int = 0,
-                 rounds: int = 1, statistic: str = "median") -> list[dict]:
+                 rounds: int = 1, statistic: str = "median", table_rounds: int = 1) -> list[dict]:
     """Prediction error of the latency table on ``n`` random allocations (each layer's keep
     ratio uniform in [0.1, 1]) per batch size, measured end to end with ``engine`` over
     ``rounds`` interleaved rounds (the unpruned network first in each), with the
@@ -32,7 +32,8 @@ def table_errors(target, model, batches: list[int], n: int, engine: str, seed: i
     fraction of the unpruned network's latency against the measured fraction
     (``ratio_error``: the budget clamp works on that fraction, and it does not depend on how
     fast this process runs the unpruned network). ``spread`` is the timer's own: max over
-    min of an allocation's rounds, minus 1."""
+    min of an allocation's rounds, minus 1. ``table_rounds``: the table's own timing rounds
+    (see :meth:`LatencyTable.measure`)."""
     pruner = make_pruner(model, target.example_input())
     low = [keep_count(0.1, int(u)) for u in pruner.units]
     rng = np.random.default_rng(seed)
@@ -46,7 +47,7 @@ def table_errors(target, model, batches: list[int], n: int, engine: str, seed: i
             export_onnx(m, target.example_input(2), path)
         for batch in batches:
             table = LatencyTable.build(pruner, target.name, batch, engine, target.device, low=low,
-                                       statistic=statistic)
+                                       statistic=statistic, rounds=table_rounds)
             x = target.example_input(batch)
             timers = ([partial(onnx_latency, path, x, statistic=statistic) for path in paths] if paths
                       else [partial(torch_ms, m, x, device=target.device, statistic=statistic) for m in pruned])
@@ -68,7 +69,8 @@ def _error_rows(target_name: str, engine: str, batch: int, allocations: list[lis
                      "error": round(float(predicted[i] / measured[i] - 1), 4),
                      "ratio_error": round(float(ratio_error), 4),
                      "spread": round(float(times[:, i].max() / times[:, i].min() - 1), 4),
-                     "rounds": len(times), "statistic": statistic, "threads": torch.get_num_threads()})
+                     "rounds": len(times), "statistic": statistic,
+                     "table_rounds": int(table.settings.get("rounds", 1)), "threads": torch.get_num_threads()})
     return rows
 
 
@@ -87,4 +89,4 @@ def print_table_errors(rows: list[dict]) -> None:
               f"within 10%: {(ratio_errors <= 0.10).sum()}/{len(ratio_errors)}; unpruned predicted "
               f"{base['predicted_ms']:.3g} ms, measured {base['measured_ms']:.3g} ms; timer spread over "
               f"{base['rounds']} rounds median {spread:.1%} ({base['threads']} threads, the "
-              f"{base['statistic']} run)")
+              f"{base['statistic']} run; table timed in {base['table_rounds']} round(s))")

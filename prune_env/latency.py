@@ -18,9 +18,9 @@ on the tail) so that the table predicts those two timings exactly.
 
 A table is built once, with a progress bar, and cached under ``$PRUNE_ENV_HOME/latency``
 by target name, architecture (a hash of the module's printout and the example input's shape
-and dtype), widths, device, batch size, threads, engine and timing statistic (the median
-run, or the fastest: :func:`prune_env.cost.wall_ms`); a table measured with other settings
-is never reused.
+and dtype), widths, device, batch size, threads, engine, timing statistic (the median
+run, or the fastest: :func:`prune_env.cost.wall_ms`) and timing rounds; a table measured
+with other settings is never reused.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from prune_env.cost import TIMING_STATISTICS, onnx_latency, wall_ms
+from prune_env.cost import TIMING_STATISTICS, onnx_latency, over_rounds, wall_ms
 from prune_env.pruner import BasePruner, Pruner
 from target_models.checkpoints import home_dir
 from target_models.device import module_device, on_device, to_device
@@ -136,12 +136,18 @@ class LatencyTable:
     @classmethod
     def measure(cls, pruner: BasePruner, batch_size: int = 1, engine: str = "torch",
                 device: torch.device | str | None = None, points: int = 6, low: Sequence[int] | None = None,
-                repeats: int = 10, show_progress: bool = True, statistic: str = "median") -> LatencyTable:
+                repeats: int = 10, show_progress: bool = True, statistic: str = "median",
+                rounds: int = 1) -> LatencyTable:
         """Time every block of ``pruner``'s network on its grid of widths (each cell the
-        ``statistic`` of ``repeats`` runs: see :func:`prune_env.cost.wall_ms`)."""
+        ``statistic`` of ``repeats`` runs: see :func:`prune_env.cost.wall_ms`). With
+        ``rounds`` above 1 every cell is timed once per round, the rounds minutes apart, and
+        the cell takes the same statistic over its rounds: a slow spell of the machine then
+        lifts one round of a cell, not the cell."""
         if not isinstance(pruner, Pruner):
             raise ValueError("latency tables cover sequential networks (nn.Sequential targets); this network is "
                              "pruned through a dependency graph")
+        if rounds < 1:
+            raise ValueError(f"rounds must be at least 1, got {rounds}")
         device, low = _device_and_low(pruner, device, low)
         timer = _Timer(engine, device, repeats, statistic)
         layers, units = pruner.layers, pruner.units
@@ -151,33 +157,44 @@ class LatencyTable:
         bounds = [0, *(layer.position for layer in layers[1:]), layers[-1].consumer, len(pruner.model)]
         jobs = [(i, a, b) for i in range(len(layers)) for a in (grids[i - 1] if i > 0 else [0]) for b in grids[i]]
         jobs += [(len(layers), a, 0) for a in grids[-1]]
+        # blocks timed alone miss what runs between them (and a noisy cell lifts its wider
+        # neighbours): the whole network is also timed at the grid's smallest and full widths,
+        # and the entries are mapped linearly onto those two timings (below)
+        anchors = [np.array([int(g[0]) for g in grids]), units.copy()]
+        cells = np.zeros((rounds, len(jobs)))
+        anchor_ms = np.zeros((rounds, len(anchors)))
+        progress = tqdm(total=rounds * (len(jobs) + len(anchors)), desc="latency table", disable=not show_progress)
+        for r in range(rounds):
+            for j, (i, a, b) in enumerate(jobs):
+                counts = units.copy()
+                if i > 0:
+                    counts[i - 1] = a
+                if i < len(layers):
+                    counts[i] = b
+                model = pruner.prune_indices([torch.arange(int(c)) for c in counts])
+                with torch.no_grad():
+                    x = model[: bounds[i]].eval()(example) if bounds[i] > 0 else example
+                cells[r, j] = timer(model[bounds[i]: bounds[i + 1]], x)
+                progress.update()
+            for k, counts in enumerate(anchors):
+                anchor_ms[r, k] = timer(pruner.prune_indices([torch.arange(int(c)) for c in counts]), example)
+                progress.update()
+        progress.close()
         blocks = [np.zeros((len(grids[i - 1]) if i > 0 else 1, len(grids[i]))) for i in range(len(layers))]
         tail = np.zeros(len(grids[-1]))
-        for i, a, b in tqdm(jobs, desc="latency table", disable=not show_progress):
-            counts = units.copy()
-            if i > 0:
-                counts[i - 1] = a
-            if i < len(layers):
-                counts[i] = b
-            model = pruner.prune_indices([torch.arange(int(c)) for c in counts])
-            with torch.no_grad():
-                x = model[: bounds[i]].eval()(example) if bounds[i] > 0 else example
-            ms = timer(model[bounds[i]: bounds[i + 1]], x)
+        for (i, a, b), ms in zip(jobs, over_rounds(cells, statistic), strict=True):
             if i < len(layers):
                 blocks[i][(list(grids[i - 1]).index(a) if i > 0 else 0), list(grids[i]).index(b)] = ms
             else:
                 tail[list(grids[-1]).index(a)] = ms
         settings = {"batch_size": batch_size, "engine": engine, "device": str(device),
-                    "threads": torch.get_num_threads(), "points": points, "repeats": repeats, "statistic": statistic}
+                    "threads": torch.get_num_threads(), "points": points, "repeats": repeats, "statistic": statistic,
+                    "rounds": rounds}
         # timing noise must not make a wider layer look faster: the clamp bisects on a cost
         # that rises with every count, so each block's times are made non-decreasing
         blocks = [np.maximum.accumulate(np.maximum.accumulate(b, axis=0), axis=1) for b in blocks]
         table = cls(grids, blocks, np.maximum.accumulate(tail), settings)
-        # blocks timed alone miss what runs between them (and a noisy cell lifts its wider
-        # neighbours): the whole network is timed at the grid's smallest and full widths and
-        # the entries are mapped linearly onto those two timings
-        anchors = [np.array([int(g[0]) for g in grids]), units.copy()]
-        measured = [timer(pruner.prune_indices([torch.arange(int(c)) for c in counts]), example) for counts in anchors]
+        measured = [float(ms) for ms in over_rounds(anchor_ms, statistic)]
         predicted = [table.predict(counts) for counts in anchors]
         if predicted[1] > predicted[0] and measured[1] > measured[0]:
             scale = (measured[1] - measured[0]) / (predicted[1] - predicted[0])
@@ -189,21 +206,23 @@ class LatencyTable:
     @classmethod
     def build(cls, pruner: BasePruner, name: str, batch_size: int = 1, engine: str = "torch",
               device: torch.device | str | None = None, points: int = 6, low: Sequence[int] | None = None,
-              show_progress: bool = True, cache: bool = True, statistic: str = "median") -> LatencyTable:
+              show_progress: bool = True, cache: bool = True, statistic: str = "median",
+              rounds: int = 1) -> LatencyTable:
         """The cached table of ``name``'s network for these settings, measured when none is."""
         device, low = _device_and_low(pruner, device, low)
         architecture = f"{pruner.model}|{tuple(pruner.example.shape)}|{pruner.example.dtype}"
         key = {"target": name, "architecture": hashlib.sha1(architecture.encode()).hexdigest()[:16],
                "units": [int(u) for u in pruner.units], "low": [int(x) for x in low],
                "batch_size": batch_size, "engine": engine, "device": str(device),
-               "threads": torch.get_num_threads(), "points": points, "statistic": statistic}
+               "threads": torch.get_num_threads(), "points": points, "statistic": statistic,
+               **({"rounds": rounds} if rounds > 1 else {})}
         path = cache_path(key)
         if cache and path.exists():
             saved = json.loads(path.read_text())
             if saved.get("key") == key:
                 return cls.from_dict(saved)
         table = cls.measure(pruner, batch_size, engine, device, points, low, show_progress=show_progress,
-                            statistic=statistic)
+                            statistic=statistic, rounds=rounds)
         if cache:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")

@@ -2,7 +2,7 @@
 
     python scripts/bench_latency.py --target vgg16_cifar10 [--flops-budgets 0.3,0.5,0.7] [--untrained]
     python scripts/bench_latency.py --target cnn_cifar10 --table 20 [--rounds 5] [--engine onnxruntime] \
-        [--statistic min]   # the table's error
+        [--statistic min] [--table-rounds 3]   # the table's error
 
 Prunes the target with the uniform heuristic at each budget, exports it (ONNX, checked
 against the in-memory model) and times original and pruned at batch 1 and 64 in PyTorch
@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--statistic", default="median", choices=["median", "min"],
                         help="what the --table check's table and timers take of their runs: the median run "
                              "(default) or the fastest (the network's own cost, least moved by other processes)")
+    parser.add_argument("--table-rounds", type=int, default=1,
+                        help="time every cell of the --table check's table in this many rounds, minutes apart, "
+                             "and take the --statistic over them (default: 1)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     return parser
 
@@ -68,11 +71,12 @@ def main() -> None:
     target = target_from_args(args)
     check_at_least("--round-to", args.round_to, 1)
     check_at_least("--rounds", args.rounds, 1)
+    check_at_least("--table-rounds", args.table_rounds, 1)
     check_budget_reachable(target, min(budgets), 0.1, flag="--flops-budgets", round_to=args.round_to)
     model = target.build_model().eval() if args.untrained else target.load_pretrained()
     if args.table:
         rows = table_errors(target, model, batches, args.table, args.engine, rounds=args.rounds,
-                            statistic=args.statistic)
+                            statistic=args.statistic, table_rounds=args.table_rounds)
         if args.json:
             print(json.dumps(rows, indent=2))
         else:

@@ -66,6 +66,9 @@ def test_the_table_is_cached_and_measured_again_when_a_setting_changes(monkeypat
     assert len(measured) == 2
     fastest, _ = _cartpole_table(statistic="min")
     assert len(measured) == 3 and fastest.settings["statistic"] == "min"
+    rounds, _ = _cartpole_table(statistic="min", rounds=2)  # every cell timed twice, the faster kept
+    assert len(measured) == 4 and rounds.settings["rounds"] == 2
+    assert rounds.base == pytest.approx(rounds.entries_sum())
     with pytest.raises(ValueError, match="unknown latency engine"):
         _cartpole_table(engine="tensorrt")
     with pytest.raises(ValueError, match="unknown timing statistic"):
