@@ -9,6 +9,7 @@ so that ``resume`` continues from the saved episode count without losing episode
 
 from __future__ import annotations
 
+import copy
 import time
 import zipfile
 from collections.abc import Iterable
@@ -32,6 +33,7 @@ from agents.reinforce import ReinforceLayerAgents
 from agents.reinforce_channels import ReinforceChannelAgents
 from agents.searchers import Evolution, RandomSearch
 from prune_env.env import PruningEnv
+from prune_env.evaluation import EvaluationMode
 from target_models.checkpoints import CheckpointError, atomic_save
 
 AGENTS = {"ppo": PPOAgent, "reinforce": ReinforceLayerAgents, "reinforce_channels": ReinforceChannelAgents,
@@ -237,21 +239,30 @@ def best_of(monitor: SearchMonitor, env: PruningEnv, agent) -> tuple[torch.nn.Mo
     return monitor.best_model, monitor.best_record
 
 
-def reselect(env: PruningEnv, records: list[dict], evaluate) -> tuple[torch.nn.Module, dict, dict]:
+def reselect(env: PruningEnv, records: list[dict], evaluate,
+             prepare: EvaluationMode | None = None) -> tuple[torch.nn.Module, dict, dict]:
     """Re-measure the networks of ``records`` (the search's best few) with ``evaluate``, on
     data the search never saw, and return the best by that figure: its model, its record
-    and what was measured (the ``reselection`` entry of ``report.json``)."""
+    and what was measured (the ``reselection`` entry of ``report.json``). With ``prepare``
+    (e.g. a ``finetune`` mode of a hundred steps: a costlier, more faithful measurement than
+    the search could afford per episode), a copy of each network is prepared before it is
+    measured; the network returned is the unprepared one, as the search built it."""
     if not records:
         raise ValueError("no candidates to re-select from")
     measured = []
     for record in records:
         model = env.rebuild(record)
-        measured.append((evaluate(model), record, model))
+        judged = model
+        if prepare is not None:
+            judged = copy.deepcopy(model)
+            prepare.prepare(judged)
+        measured.append((evaluate(judged), record, model))
     best = max(range(len(measured)), key=lambda i: measured[i][0])  # the first on a tie: the best by reward
     metric, record, model = measured[best]
     summary = {"candidates": [{"episode": r["episode"], "reward": r["reward"], "metric_select_val": m}
                               for m, r, _ in measured],
-               "chosen_episode": record["episode"], "metric_select_val": metric}
+               "chosen_episode": record["episode"], "metric_select_val": metric,
+               "prepared_by": None if prepare is None else prepare.settings()}
     return model, record, summary
 
 

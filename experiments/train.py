@@ -21,6 +21,7 @@ from agents.search import (
 from experiments.report import final_report, save_network, write_report
 from prune_env.cli import UsageError
 from prune_env.env import PruningEnv
+from prune_env.evaluation import make_evaluation
 from prune_env.export import export_all
 from prune_env.files import write_json
 from target_models import Target
@@ -144,8 +145,10 @@ def train_and_report(run: TrainRun) -> dict:
     reselection = None
     if top and top[0].records:
         held_out = target.evaluator("val", offset=env.val_size)  # validation examples the search never saw
-        model, record, reselection = reselect(env, top[0].records, held_out)
-        reselection = {"top": top_k, "offset": env.val_size, **reselection}
+        steps = int(run.config["search"].get("reselect_finetune_steps", 0))
+        prepare = make_evaluation("finetune", target, finetune_steps=steps) if steps > 0 else None
+        model, record, reselection = reselect(env, top[0].records, held_out, prepare)
+        reselection = {"top": top_k, "offset": env.val_size, "finetune_steps": steps, **reselection}
     search_seconds = monitor.elapsed() if run.resume else time.perf_counter() - started
 
     report, finetuned = final_report(

@@ -132,10 +132,18 @@ class SearchConfig:
     """Re-measure the best K distinct candidates on validation examples the search never saw
     (those after its ``env.val_size``) and keep the best by that figure: a guard against
     the winner's curse of a small validation slice (0: keep the best episode as measured)."""
+    reselect_finetune_steps: int = 0
+    """Fine-tune a copy of each re-selected candidate this many steps (the target's own
+    fine-tuning, fixed seed) before it is re-measured: a costlier, more faithful measurement
+    than the search affords per episode (0: measure the networks as the search built them)."""
 
     def check(self) -> None:
         _at_least("search.episodes", self.episodes, 1)
         _at_least("search.reselect_top", self.reselect_top, 0)
+        _at_least("search.reselect_finetune_steps", self.reselect_finetune_steps, 0)
+        _fail(self.reselect_finetune_steps > 0 and self.reselect_top == 0,
+              "search.reselect_finetune_steps fine-tunes the re-selected candidates: set search.reselect_top "
+              "(--reselect-top K) too")
 
 
 @dataclass

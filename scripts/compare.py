@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reselect-top", type=int, default=None,
                         help="re-measure each search's best K networks on validation examples it never saw and keep "
                              "the best by that (default: the target's config, 0: off)")
+    parser.add_argument("--reselect-steps", type=int, default=None,
+                        help="with --reselect-top: fine-tune a copy of each re-selected network this many steps "
+                             "before measuring it (default: the target's config, 0: off)")
     parser.add_argument("--finetune-epochs", type=float, default=None,
                         help="fine-tuning before the test split (default: the target's config)")
     parser.add_argument("--val-size", type=int, default=None,
@@ -76,6 +79,7 @@ def main() -> None:
     check_at_least("--seeds", args.seeds, 1)
     check_at_least("--episodes", args.episodes, 1)
     check_at_least("--reselect-top", args.reselect_top, 0)
+    check_at_least("--reselect-steps", args.reselect_steps, 0)
     check_at_least("--finetune-epochs", args.finetune_epochs, 0)
     check_at_least("--val-size", args.val_size, 1)
     out = check_out_folder(args.out, ("results.csv", "runs.csv"), args.force or args.resume)
@@ -96,7 +100,8 @@ def main() -> None:
     if set(agents) - set(AGENTS):
         raise UsageError(f"unknown agents {sorted(set(agents) - set(AGENTS))}; choose from {', '.join(AGENTS)}")
     overrides = {"env": {"val_size": args.val_size, **evaluation_overrides(args)},
-                 "search": {"episodes": args.episodes, "reselect_top": args.reselect_top},
+                 "search": {"episodes": args.episodes, "reselect_top": args.reselect_top,
+                            "reselect_finetune_steps": args.reselect_steps},
                  "evaluate": {"finetune_epochs": args.finetune_epochs}}
     config = load_config(args.target, config_file=args.config, overrides=overrides)
     agent_configs = {a: load_config(args.target, a, args.config, overrides) for a in agents}

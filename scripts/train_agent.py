@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reselect-top", type=int, default=None,
                         help="re-measure the search's best K networks on validation examples it never saw and keep "
                              "the best by that (default: the target's config, 0: off)")
+    parser.add_argument("--reselect-steps", type=int, default=None,
+                        help="with --reselect-top: fine-tune a copy of each re-selected network this many steps "
+                             "before measuring it (default: the target's config, 0: off)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the agent and its episodes")
     parser.add_argument("--config", default=None,
                         help="a YAML file overriding the packaged prune_env/configs/<agent>.yaml and "
@@ -78,12 +81,15 @@ def main() -> None:
     check_fraction("--flops-budget", args.flops_budget)
     check_at_least("--episodes", args.episodes, 1)
     check_at_least("--reselect-top", args.reselect_top, 0)
+    check_at_least("--reselect-steps", args.reselect_steps, 0)
     check_at_least("--seed", args.seed, 0)
     check_at_least("--finetune-epochs", args.finetune_epochs, 0)
     parallel = parallelism_from_args(args)
     config = load_config(args.target, args.agent, args.config, overrides={
         "env": {"flops_budget": args.flops_budget, "reward": args.reward, **evaluation_overrides(args)},
-        "search": {"episodes": args.episodes, "reselect_top": args.reselect_top}, "evaluate": {"finetune_epochs": args.finetune_epochs},
+        "search": {"episodes": args.episodes, "reselect_top": args.reselect_top,
+                   "reselect_finetune_steps": args.reselect_steps},
+        "evaluate": {"finetune_epochs": args.finetune_epochs},
     })
     if config["env"].get("reward") != "budget" and args.flops_budget is None:
         config["env"]["flops_budget"] = None

@@ -66,3 +66,42 @@ def test_reselection_needs_a_search_slice_to_stay_apart_from(tmp_path):
     with pytest.raises(ConfigError, match="reselect_top needs env.val_size"):
         resolve_config("cnn_cifar10", config_file=file)
     assert resolve_config("cnn_cifar10", overrides={"search": {"reselect_top": 3}}).search.reselect_top == 3
+
+
+class _ShiftFirstBias:
+    """A stand-in evaluation mode: moves the copy's first bias (the network must not change)."""
+
+    def prepare(self, model: torch.nn.Module) -> None:
+        with torch.no_grad():
+            next(m for m in model if isinstance(m, torch.nn.Linear)).bias.add_(5.0)
+
+    def settings(self) -> dict:
+        return {"evaluation": "shift"}
+
+
+def test_reselection_measures_prepared_copies_and_returns_the_network_as_built():
+    env = _env()
+    top = TopCandidatesCallback(4)
+    monitor = SearchMonitor(env, show_progress=False, callbacks=[top])
+    search(make_agent("random_search", env, seed=2), env, monitor, 30)
+    held_out = env.target.evaluator("val", offset=env.val_size)
+    prepare = _ShiftFirstBias()
+    model, record, summary = reselect(env, top.records, held_out, prepare)
+
+    def prepared_metric(r):
+        copy_ = env.rebuild(r)
+        prepare.prepare(copy_)
+        return held_out(copy_)
+
+    assert record["episode"] == max(top.records, key=prepared_metric)["episode"]
+    np.testing.assert_allclose(summary["metric_select_val"], prepared_metric(record))
+    built = env.rebuild(record)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), built.state_dict().values(), strict=True))
+    assert summary["prepared_by"] == {"evaluation": "shift"}
+
+
+def test_reselect_steps_need_reselect_top():
+    with pytest.raises(ConfigError, match="set search.reselect_top"):
+        resolve_config("cnn_cifar10", overrides={"search": {"reselect_finetune_steps": 100}})
+    config = resolve_config("cnn_cifar10", overrides={"search": {"reselect_top": 3, "reselect_finetune_steps": 100}})
+    assert config.search.reselect_finetune_steps == 100

@@ -222,7 +222,7 @@ def test_train_agent_script_searches_and_resumes_with_a_search_baseline(kind, is
     out = tmp_path / "run"
     base = [sys.executable, "scripts/train_agent.py", "--target", "cartpole_policy", "--agent", kind,
             "--out", str(out), "--quiet", "--finetune-epochs", "0", "--no-export", "--evaluation", "plain",
-            *(["--reselect-top", "3"] if kind == "random_search" else [])]
+            *(["--reselect-top", "3", "--reselect-steps", "2"] if kind == "random_search" else [])]
     first = subprocess.run([*base, "--episodes", "6"], cwd=REPO, env=script_env(isolated_home),
                            capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-2000:]
@@ -235,6 +235,8 @@ def test_train_agent_script_searches_and_resumes_with_a_search_baseline(kind, is
     if kind == "random_search":  # the best 3 of all 10 episodes, across the resume, measured again on unseen episodes
         reselection = report["reselection"]
         assert reselection["top"] == 3 and reselection["offset"] == 50 and len(reselection["candidates"]) == 3
+        assert reselection["finetune_steps"] == 2
+        assert reselection["prepared_by"] == {"evaluation": "finetune", "finetune_steps": 2}
         assert reselection["chosen_episode"] == report["best_episode"]
         assert [c["reward"] for c in reselection["candidates"]] == sorted(
             [c["reward"] for c in reselection["candidates"]], reverse=True)
