@@ -32,7 +32,7 @@ from agents import make_heuristic
 from agents.base import prune_with
 from experiments.report import final_report, save_network, write_report
 from experiments.train import TrainRun, train_and_report
-from prune_env.cost import onnx_latency, time_interleaved, torch_ms
+from prune_env.cost import onnx_latency, over_rounds, time_interleaved, torch_ms
 from prune_env.env import PruningEnv, lowest_flops_ratio
 from prune_env.export import export_onnx, load_pruned
 from target_models import Target
@@ -150,7 +150,7 @@ def time_networks(target: Target, runs: list[dict], rounds: int = 5, repeats: in
             timers = [timer for model, path in zip(models, paths, strict=True)
                       for timer in (partial(torch_ms, model, x, repeats, target.device),
                                     partial(onnx_latency, path, x, repeats))]
-            ms = np.median(time_interleaved(timers, rounds), axis=0).reshape(len(models), 2)
+            ms = over_rounds(time_interleaved(timers, rounds)).reshape(len(models), 2)
             for i, run in enumerate(batch_runs, start=1):
                 report = json.loads((run["folder"] / "report.json").read_text())
                 row = {"batch": batch, "latency_budget": run["budget"], "policy": run["arm"], "seed": report["seed"],

@@ -45,12 +45,17 @@ def test_the_top_candidates_are_the_best_distinct_networks_by_reward():
     assert restored.records == top.records
 
 
-def test_reselection_keeps_the_best_on_the_unseen_examples():
+def _searched(top_k: int, seed: int, episodes: int):
+    """A random search on the two-slice toy: env, its top candidates, monitor, held-out evaluator."""
     env = _env()
-    top = TopCandidatesCallback(8)
+    top = TopCandidatesCallback(top_k)
     monitor = SearchMonitor(env, show_progress=False, callbacks=[top])
-    search(make_agent("random_search", env, seed=1), env, monitor, 60)
-    held_out = env.target.evaluator("val", offset=env.val_size)
+    search(make_agent("random_search", env, seed=seed), env, monitor, episodes)
+    return env, top, monitor, env.target.evaluator("val", offset=env.val_size)
+
+
+def test_reselection_keeps_the_best_on_the_unseen_examples():
+    env, top, monitor, held_out = _searched(8, seed=1, episodes=60)
     model, record, summary = reselect(env, top.records, held_out)
     expected = max(top.records, key=lambda r: held_out(env.rebuild(r)))
     assert record["episode"] == expected["episode"] == summary["chosen_episode"]
@@ -80,11 +85,7 @@ class _ShiftFirstBias:
 
 
 def test_reselection_measures_prepared_copies_and_returns_the_network_as_built():
-    env = _env()
-    top = TopCandidatesCallback(4)
-    monitor = SearchMonitor(env, show_progress=False, callbacks=[top])
-    search(make_agent("random_search", env, seed=2), env, monitor, 30)
-    held_out = env.target.evaluator("val", offset=env.val_size)
+    env, top, _, held_out = _searched(4, seed=2, episodes=30)
     prepare = _ShiftFirstBias()
     model, record, summary = reselect(env, top.records, held_out, prepare)
 
