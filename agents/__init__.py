@@ -7,7 +7,10 @@ from prune_env.cli import UsageError
 from prune_env.env import PruningEnv
 from target_models import Target
 
-BUDGET_SETTINGS = ("flops_budget", "latency_budget", "latency_batch_size", "latency_engine", "round_to")
+BUDGET_SETTINGS = {"flops_budget": None, "latency_budget": None, "latency_batch_size": 1, "latency_engine": "torch",
+                   "latency_statistic": "median", "latency_table_rounds": 1, "round_to": None}
+"""The env settings that decide which networks meet the budget, with their defaults (runs saved
+before a setting existed used its default)."""
 """What a run's own network must have been searched under to be replayed as it is (``run_best``)."""
 
 
@@ -75,8 +78,8 @@ def make_policy(name_or_path: str, target: Target, env_config: dict, seed: int =
     run = saved_run(name_or_path)
     if run is not None:
         trained_env = run["config"].get("env", {})
-        trained = {k: trained_env.get(k) for k in BUDGET_SETTINGS}
-        wanted = {k: env_config.get(k) for k in BUDGET_SETTINGS}
+        trained = {k: trained_env.get(k, default) for k, default in BUDGET_SETTINGS.items()}
+        wanted = {k: env_config.get(k, default) for k, default in BUDGET_SETTINGS.items()}
         report = run["report"]
         if trained == wanted and report.get("keep_ratios"):
             name = run["config"].get("agent_kind", "agent")

@@ -245,8 +245,9 @@ def reselect(env: PruningEnv, records: list[dict], evaluate,
     data the search never saw, and return the best by that figure: its model, its record
     and what was measured (the ``reselection`` entry of ``report.json``). With ``prepare``
     (e.g. a ``finetune`` mode of a hundred steps: a costlier, more faithful measurement than
-    the search could afford per episode), a copy of each network is prepared before it is
-    measured; the network returned is the unprepared one, as the search built it."""
+    the search could afford per episode), a copy of each network is prepared further before
+    it is measured, on top of the env's own evaluation mode (the steps add to a ``finetune``
+    mode's); the network returned is the one the episode measured, as the search built it."""
     if not records:
         raise ValueError("no candidates to re-select from")
     measured = []

@@ -177,22 +177,45 @@ def proxy_fidelity(target: Target, env_config: dict, budget: float, n_random: in
     return summary
 
 
-def finished_runs(folder: Path, budget: float) -> list[tuple[str, dict]]:
+def reached_in_rounds(report: dict) -> bool:
+    """Whether a run reached its network in rounds (``ngf_scheduled``, ``--rounds``): its units
+    were chosen on a network fine-tuned between rounds, so surgery on the pretrained model
+    does not rebuild it."""
+    policy = str(report.get("policy", ""))
+    return (policy == "ngf_scheduled" or policy.endswith("+rounds")
+            or report.get("finetune_epochs_total", report.get("finetune_epochs")) != report.get("finetune_epochs"))
+
+
+def finished_runs(folder: Path, budget: float,
+                  skipped: dict[str, int] | None = None) -> list[tuple[str, dict, Path]]:
     """The single-shot runs under ``folder`` (a comparison's output folder, its ``runs/``, or
-    one run) at ``budget`` whose network was fine-tuned: (name, report). Runs that reached
-    their network in rounds (``ngf_scheduled``, ``--rounds``) are left out: their pruned
-    network was fine-tuned between rounds, so surgery on the pretrained model does not
-    rebuild it."""
+    one run) at ``budget`` whose network was fine-tuned: (``folder/run`` name, report, run folder). Runs
+    reached in rounds are left out (:func:`reached_in_rounds`); ``skipped`` counts every run
+    left out, by reason."""
+    root = folder
     folder = folder / "runs" if (folder / "runs").is_dir() else folder
     paths = [folder / "report.json"] if (folder / "report.json").exists() else sorted(folder.glob("*/report.json"))
+    skipped = {} if skipped is None else skipped
     runs = []
     for path in paths:
         report = json.loads(path.read_text())
-        single_shot = report.get("finetune_epochs_total", report.get("finetune_epochs")) == report.get("finetune_epochs")
-        if (report.get("metric_finetuned") is not None and single_shot
-                and abs((report.get("flops_budget") or 0) - budget) < 1e-9):
-            runs.append((path.parent.name, report))
+        reason = ("not fine-tuned" if report.get("metric_finetuned") is None
+                  else "another FLOPs budget" if abs((report.get("flops_budget") or 0) - budget) > 1e-9
+                  else "reached in rounds" if reached_in_rounds(report)
+                  else "random units not recorded" if report.get("criterion") == "random" and not report.get("kept_units")
+                  else None)
+        if reason:
+            skipped[reason] = skipped.get(reason, 0) + 1
+        else:
+            runs.append((f"{root.name}/{path.parent.name}", report, path.parent))
     return runs
+
+
+def same_network_key(report: dict) -> tuple:
+    """Runs with this key hold the same network and the same fine-tune (a run listed by two
+    comparison folders, or copied): rescoring counts it once."""
+    return (report.get("policy"), report.get("seed"), report.get("criterion"), tuple(report.get("keep_counts") or ()),
+            json.dumps(report.get("kept_units")), report.get("metric_finetuned"))
 
 
 def rescore_runs(target: Target, env_config: dict, budget: float, folders: list[Path], out: Path,
@@ -202,11 +225,22 @@ def rescore_runs(target: Target, env_config: dict, budget: float, folders: list[
     its keep counts under its criterion) and measured with every mode; the ground truth is
     the fine-tuned test metric its run already recorded, so no network is fine-tuned again.
     Writes ``out/fidelity.json`` and ``out/candidates.csv``; returns the summary."""
-    runs = [run for folder in folders for run in finished_runs(Path(folder), budget)]
+    skipped: dict[str, int] = {}
+    unique: dict[tuple, tuple[str, dict, Path]] = {}
+    for folder in folders:
+        for name, report, run_folder in finished_runs(Path(folder), budget, skipped):
+            key = same_network_key(report)
+            if key in unique:
+                skipped["listed twice"] = skipped.get("listed twice", 0) + 1
+            else:
+                unique[key] = (name, report, run_folder)
+    runs = list(unique.values())
+    left_out = ", ".join(f"{n} {reason}" for reason, n in skipped.items())
     if len(runs) < 2:
         raise UsageError(f"found {len(runs)} finished single-shot runs at {budget:.0%} FLOPs under "
-                         f"{', '.join(map(str, folders))}; fidelity needs at least 2")
-    epochs = {r["finetune_epochs"] for _, r in runs}
+                         f"{', '.join(map(str, folders))}; fidelity needs at least 2"
+                         + (f" (left out: {left_out})" if left_out else ""))
+    epochs = {r["finetune_epochs"] for _, r, _ in runs}
     if len(epochs) > 1:
         raise UsageError(f"the runs were fine-tuned for different epochs ({sorted(epochs)}); their metrics "
                          "are not one ground truth: pass runs of one fine-tune")
@@ -216,8 +250,9 @@ def rescore_runs(target: Target, env_config: dict, budget: float, folders: list[
                 "finetune_steps": env_config.get("finetune_steps", 20)}
     built = {name: make_evaluation(name, target, **settings) for name in modes}
     rows = []
-    for name, report in tqdm(runs, desc=f"rescoring {target.name}", unit="run", disable=not show_progress):
+    for name, report, run_folder in tqdm(runs, desc=f"rescoring {target.name}", unit="run", disable=not show_progress):
         criterion = report.get("criterion") or env_config.get("criterion", "l1")
+        check_unit_settings(name, report, run_folder, env_config, criterion)
         if criterion not in envs:
             envs[criterion] = PruningEnv(target, **{**env_config, "flops_budget": budget, "evaluation": "plain",
                                                     "cache": False, "criterion": criterion})
@@ -238,7 +273,7 @@ def rescore_runs(target: Target, env_config: dict, budget: float, folders: list[
     summary = {"target": target.name, "flops_budget": budget, "candidates": len(rows), "source": "finished runs",
                "runs": [str(f) for f in folders], "finetune_epochs": epochs.pop(),
                "metric_name": target.metric_name, "metric_base_val": env.metric_base, **settings,
-               "val_size": env_config.get("val_size"), "modes": summarise(rows, list(modes))}
+               "val_size": env_config.get("val_size"), "runs_left_out": skipped, "modes": summarise(rows, list(modes))}
     searched = [r for r in rows if r["policy"] not in HEURISTICS]
     if len(searched) >= 2:  # where a search's choice is made: among the networks searches return
         summary["searched_candidates"] = len(searched)
@@ -246,6 +281,22 @@ def rescore_runs(target: Target, env_config: dict, budget: float, folders: list[
     write_json(out / "fidelity.json", summary)
     write_rows_csv(out / "candidates.csv", rows)
     return summary
+
+
+def check_unit_settings(name: str, report: dict, run_folder: Path, env_config: dict, criterion: str) -> None:
+    """Refuse a run whose units, rebuilt here from its keep counts, would differ from the ones
+    it kept: an activation criterion measured on another calibration slice (the run's
+    ``config.json`` beside its report says which)."""
+    if report.get("kept_units") or criterion != "activation":
+        return
+    path = run_folder / "config.json"
+    if not path.exists():
+        return
+    run_size = json.loads(path.read_text()).get("env", {}).get("calibration_size")
+    if run_size is not None and run_size != env_config.get("calibration_size"):
+        raise UsageError(f"run {name} ranked units by activation on {run_size} calibration examples, this "
+                         f"config uses {env_config.get('calibration_size')}: rescore it with the config it was "
+                         "made with (--config)")
 
 
 def write_rows_csv(path: Path, rows: list[dict]) -> None:

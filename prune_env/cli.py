@@ -124,6 +124,12 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
                         help="batch size of the latency budget's table (default: the target's config, 1)")
     parser.add_argument("--latency-engine", default=None, choices=["torch", "onnxruntime"],
                         help="what the latency table times (default: torch, eager)")
+    parser.add_argument("--latency-statistic", default=None, choices=["median", "min"],
+                        help="what each latency-table cell takes of its timed runs: the median run (default) or "
+                             "the fastest")
+    parser.add_argument("--latency-table-rounds", type=int, default=None, metavar="R",
+                        help="time the latency table in R passes, each cell taking --latency-statistic over them "
+                             "(default: 1; 3 with min predicted VGG16 best, BENCHMARKS.md)")
     parser.add_argument("--round-to", type=int, default=None, metavar="N",
                         help="keep a multiple of N units in every layer, or all of a layer's units "
                              "(default: the target's config, any count)")
@@ -135,10 +141,12 @@ def evaluation_overrides(args: argparse.Namespace) -> dict:
     check_at_least("--finetune-steps", args.finetune_steps, 1)
     check_at_least("--round-to", args.round_to, 1)
     check_at_least("--latency-batch-size", args.latency_batch_size, 1)
+    check_at_least("--latency-table-rounds", args.latency_table_rounds, 1)
     check_fraction("--latency-budget", args.latency_budget)
     return {"evaluation": args.evaluation, "bn_calibration_size": args.bn_calibration_size,
             "finetune_steps": args.finetune_steps, "round_to": args.round_to, "latency_budget": args.latency_budget,
-            "latency_batch_size": args.latency_batch_size, "latency_engine": args.latency_engine}
+            "latency_batch_size": args.latency_batch_size, "latency_engine": args.latency_engine,
+            "latency_statistic": args.latency_statistic, "latency_table_rounds": args.latency_table_rounds}
 
 
 def check_fraction(flag: str, value: float | None) -> None:

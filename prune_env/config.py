@@ -75,6 +75,10 @@ class EnvConfig:
     """Batch size the latency table (and so the latency budget) is measured at."""
     latency_engine: str = "torch"
     """What the latency table times: ``torch`` (eager) or ``onnxruntime``."""
+    latency_statistic: str = "median"
+    """What each cell of the latency table takes of its timed runs: the ``median`` run or the fastest (``min``)."""
+    latency_table_rounds: int = 1
+    """Passes over the latency table; each cell takes ``latency_statistic`` over them (3 ``min``: VGG16's best)."""
 
     def check(self) -> None:
         from prune_env.evaluation import EVALUATIONS
@@ -96,6 +100,11 @@ class EnvConfig:
         _fail(self.latency_engine not in ENGINES,
               f"env.latency_engine {self.latency_engine!r} is unknown; choose one of: {', '.join(ENGINES)}")
         _at_least("env.latency_batch_size", self.latency_batch_size, 1)
+        from prune_env.cost import TIMING_STATISTICS
+
+        _fail(self.latency_statistic not in TIMING_STATISTICS, f"env.latency_statistic {self.latency_statistic!r} "
+              f"is unknown; choose one of: {', '.join(TIMING_STATISTICS)}")
+        _at_least("env.latency_table_rounds", self.latency_table_rounds, 1)
         _fail(self.criterion not in CRITERIA,
               f"env.criterion {self.criterion!r} is unknown; choose one of: {', '.join(CRITERIA)}")
         _fail(not 0 < self.min_keep <= 1, f"env.min_keep must lie in (0, 1], got {self.min_keep}")

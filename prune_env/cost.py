@@ -155,6 +155,8 @@ def time_interleaved(timers: Sequence[Callable[[], float]], rounds: int) -> np.n
 
 def over_rounds(times: np.ndarray, statistic: str = "median") -> np.ndarray:
     """Each timer's figure from :func:`time_interleaved`'s rounds, by the timers' own statistic."""
+    if statistic not in TIMING_STATISTICS:
+        raise ValueError(f"unknown timing statistic {statistic!r}; choose one of: {', '.join(TIMING_STATISTICS)}")
     return np.median(times, axis=0) if statistic == "median" else np.min(times, axis=0)
 
 

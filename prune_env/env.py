@@ -124,7 +124,9 @@ class PruningEnv(gym.Env):
       place of ``flops_budget`` (which must then be None); the clamp works on the latency
       table's prediction (:mod:`prune_env.latency`, built once per device, batch
       ``latency_batch_size``, threads and ``latency_engine``, and cached) exactly as on
-      FLOPs. Records then hold ``latency_ms_predicted`` and the table's settings.
+      FLOPs; ``latency_statistic`` and ``latency_table_rounds`` say how its cells are timed
+      (:meth:`prune_env.latency.LatencyTable.measure`). Records then hold
+      ``latency_ms_predicted`` and the table's settings.
     - ``val_size``: validation examples (episodes for CartPole) per evaluation.
     - ``evaluation``: how a candidate is prepared before it is measured; with
       ``bn_calibration_size`` (``adaptive_bn``) and ``finetune_steps`` (``finetune``).
@@ -165,6 +167,8 @@ class PruningEnv(gym.Env):
         latency_budget: float | None = None,
         latency_batch_size: int = 1,
         latency_engine: str = "torch",
+        latency_statistic: str = "median",
+        latency_table_rounds: int = 1,
     ):
         super().__init__()
         self._arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
@@ -214,7 +218,8 @@ class PruningEnv(gym.Env):
             from prune_env.latency import LatencyTable
 
             self.latency_table = LatencyTable.build(self.pruner, self.target.name, latency_batch_size,
-                                                    latency_engine, self.target.device, low=self.min_counts)
+                                                    latency_engine, self.target.device, low=self.min_counts,
+                                                    statistic=latency_statistic, rounds=latency_table_rounds)
         self.cost = self.latency_table.predict if latency_budget is not None else self.flop_model.flops
         """What the budget limits, from kept counts: predicted ms (latency budget) or FLOPs."""
         self.cost_base = float(self.cost(self.units))

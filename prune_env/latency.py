@@ -140,7 +140,8 @@ class LatencyTable:
                 rounds: int = 1) -> LatencyTable:
         """Time every block of ``pruner``'s network on its grid of widths (each cell the
         ``statistic`` of ``repeats`` runs: see :func:`prune_env.cost.wall_ms`). With
-        ``rounds`` above 1 every cell is timed once per round, the rounds minutes apart, and
+        ``rounds`` above 1 every cell is timed once per round (a round is one pass over the whole table:
+        seconds on the CNN, minutes on VGG16), and
         the cell takes the same statistic over its rounds: a slow spell of the machine then
         lifts one round of a cell, not the cell."""
         if not isinstance(pruner, Pruner):

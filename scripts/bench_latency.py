@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="what the --table check's table and timers take of their runs: the median run "
                              "(default) or the fastest (the network's own cost, least moved by other processes)")
     parser.add_argument("--table-rounds", type=int, default=1,
-                        help="time every cell of the --table check's table in this many rounds, minutes apart, "
+                        help="time every cell of the --table check's table in this many passes over the table, "
                              "and take the --statistic over them (default: 1)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     return parser

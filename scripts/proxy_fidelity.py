@@ -87,6 +87,12 @@ def main() -> None:
         "env": {"val_size": args.val_size, **evaluation_overrides(args)},
         "evaluate": {"finetune_epochs": args.finetune_epochs}})
     if args.runs:
+        parser = build_parser()
+        ignored = [flag for flag in ("--candidates", "--criteria", "--seed", "--finetune-epochs")
+                   if getattr(args, flag[2:].replace("-", "_")) != parser.get_default(flag[2:].replace("-", "_"))]
+        if ignored:
+            raise UsageError(f"--runs rescores finished runs against the fine-tune they recorded; {', '.join(ignored)} "
+                             "only apply to random candidates: leave them out")
         target = target_from_args(args)
         folders = [Path(f) for f in args.runs.split(",") if f]
         missing = [str(f) for f in folders if not f.is_dir()]

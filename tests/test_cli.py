@@ -81,6 +81,8 @@ MISTAKES = [
     ("compare-runs-missing", [*COMPARE, "--runs", "{w}/new", "--out", "{w}/cmp"], "holds no report.json"),
     ("candidates-1", ["scripts/proxy_fidelity.py", *CARTPOLE, "--candidates", "1", "--out", "{w}/fid"],
      "--candidates must be at least 2, got 1"),
+    ("fidelity-runs-with-candidates", ["scripts/proxy_fidelity.py", *CARTPOLE, "--runs", "{w}/run", "--candidates", "5",
+                                       "--out", "{w}/fid2"], "--candidates only apply to random candidates"),
     ("rl-episodes-negative", [*DURING, "--task", "rl", "--episodes", "-5"], "--episodes must be at least 1, got -5"),
     ("supervised-epochs-0", [*DURING, "--task", "supervised", "--epochs", "0"], "--epochs must be at least 1, got 0"),
     ("schedule-beyond-episodes", [*DURING, "--task", "rl", "--episodes", "100", "--pruning-method", "ngf_scheduled",

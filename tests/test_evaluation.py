@@ -247,13 +247,19 @@ def test_rescoring_finished_runs_rebuilds_their_networks_against_their_recorded_
     other = runs / "random-b0.7-s0"  # another budget
     other.mkdir()
     (other / "report.json").write_text(json.dumps({**recorded[0], "flops_budget": 0.7}))
+    in_rounds = runs / "ppo+rounds-b0.5-s0"  # reached in rounds, though its epochs add up
+    in_rounds.mkdir()
+    (in_rounds / "report.json").write_text(json.dumps({**recorded[1], "policy": "ppo+rounds"}))
 
-    summary = rescore_runs(target, config, 0.5, [tmp_path / "compare"], tmp_path / "out", modes=("plain",),
+    # the same comparison listed twice counts its networks once
+    summary = rescore_runs(target, config, 0.5, [tmp_path / "compare", runs], tmp_path / "out", modes=("plain",),
                            show_progress=False)
     rows = {r["candidate"]: r for r in _csv_rows(tmp_path / "out" / "candidates.csv")}
-    assert sorted(rows) == [f"random-b0.5-s{k}" for k in range(3)] and summary["candidates"] == 3
+    assert sorted(rows) == [f"compare/random-b0.5-s{k}" for k in range(3)] and summary["candidates"] == 3
+    assert summary["runs_left_out"] == {"another FLOPs budget": 2, "reached in rounds": 4, "listed twice": 3}
     for k in range(3):  # the same network: plain scores it as its run's environment did
-        assert float(rows[f"random-b0.5-s{k}"]["score_plain"]) == pytest.approx(recorded[k]["metric_pruned_val"])
+        assert float(rows[f"compare/random-b0.5-s{k}"]["score_plain"]) == pytest.approx(
+            recorded[k]["metric_pruned_val"])
     assert summary["modes"]["plain"]["kendall_tau"] == pytest.approx(
         kendall_tau([recorded[k]["metric_pruned_val"] for k in range(3)], [100.0, 110.0, 120.0]), nan_ok=True)
     assert summary["searched_candidates"] == 2  # the searches' networks alone, without the heuristic's
@@ -261,6 +267,12 @@ def test_rescoring_finished_runs_rebuilds_their_networks_against_their_recorded_
         kendall_tau([recorded[k]["metric_pruned_val"] for k in (1, 2)], [110.0, 120.0]), nan_ok=True)
     (runs / "random-b0.5-s0" / "report.json").write_text(json.dumps({**recorded[0], "metric_base_val": -1.0}))
     with pytest.raises(UsageError, match="with the checkpoint"):
+        rescore_runs(target, config, 0.5, [runs], tmp_path / "out", modes=("plain",), show_progress=False)
+    # units ranked by activation on another calibration slice would be rebuilt differently
+    (runs / "random-b0.5-s0" / "report.json").write_text(
+        json.dumps({**recorded[0], "criterion": "activation", "kept_units": None}))
+    (runs / "random-b0.5-s0" / "config.json").write_text(json.dumps({"env": {"calibration_size": 999}}))
+    with pytest.raises(UsageError, match="ranked units by activation on 999 calibration examples"):
         rescore_runs(target, config, 0.5, [runs], tmp_path / "out", modes=("plain",), show_progress=False)
 
 

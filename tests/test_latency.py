@@ -96,14 +96,16 @@ def synthetic_table(monkeypatch):
     """Tables whose entries follow a known cost (0.01 ms per input x output unit, 0.05 ms
     per block): the clamp tests then do not depend on this machine's timing noise."""
 
-    def build(cls, pruner, name, batch_size=1, engine="torch", device=None, points=6, low=None, **_):
+    def build(cls, pruner, name, batch_size=1, engine="torch", device=None, points=6, low=None, statistic="median",
+              rounds=1, **_):
         low = list(low) if low is not None else [1] * len(pruner.layers)
         grids = [grid_widths(int(lo), int(u), 4) for lo, u in zip(low, pruner.units, strict=True)]
         first_in = pruner.layers[0].in_units
         blocks = [0.05 + 0.01 * np.outer(grids[i - 1] if i > 0 else [first_in], grids[i]) for i in range(len(grids))]
         tail = 0.05 + 0.01 * grids[-1].astype(float)
         return cls(grids, blocks, tail, {"batch_size": batch_size, "engine": engine, "device": "cpu",
-                                         "threads": torch.get_num_threads(), "points": 4, "repeats": 0})
+                                         "threads": torch.get_num_threads(), "points": 4, "repeats": 0,
+                                         "statistic": statistic, "rounds": rounds})
 
     monkeypatch.setattr(LatencyTable, "build", classmethod(build))
 
@@ -120,6 +122,21 @@ def test_a_latency_budget_clamps_on_the_predicted_latency(budget, synthetic_tabl
         # one unit of the last layer is the finest step: 0.01 ms per unit of its 64 inputs
         assert abs(report["latency_ratio_predicted"] - budget) <= 0.01 * 64 / env.latency_table.base
         assert report["latency_table"]["batch_size"] == 1 and report["latency_table"]["engine"] == "torch"
+
+
+def test_the_env_builds_its_table_with_the_configured_statistic_and_rounds(synthetic_table):
+    from prune_env.config import ConfigError, load_config
+
+    env = tiny_env("cartpole_policy", flops_budget=None, latency_budget=0.5)
+    assert env.latency_table.settings["statistic"] == "median" and env.latency_table.settings["rounds"] == 1
+    env = tiny_env("cartpole_policy", flops_budget=None, latency_budget=0.5, latency_statistic="min",
+                   latency_table_rounds=3)
+    report = play_allocation(env, np.full(env.n_layers, 0.5), seed=0)
+    assert report["latency_table"]["statistic"] == "min" and report["latency_table"]["rounds"] == 3
+    with pytest.raises(ConfigError, match="env.latency_statistic 'mean' is unknown; choose one of: median, min"):
+        load_config("cartpole_policy", overrides={"env": {"latency_statistic": "mean"}})
+    with pytest.raises(ConfigError, match="env.latency_table_rounds must be at least 1"):
+        load_config("cartpole_policy", overrides={"env": {"latency_table_rounds": 0}})
 
 
 @pytest.mark.parametrize("name", ["uniform", "l1", "random"])
