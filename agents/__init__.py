@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from agents.heuristics import HEURISTICS, make_heuristic
 from prune_env.cli import UsageError
+from prune_env.config import EnvConfig
 from prune_env.env import PruningEnv
 from target_models import Target
 
-BUDGET_SETTINGS = {"flops_budget": None, "latency_budget": None, "latency_batch_size": 1, "latency_engine": "torch",
-                   "latency_statistic": "median", "latency_table_rounds": 1, "round_to": None}
-"""The env settings that decide which networks meet the budget, with their defaults (runs saved
-before a setting existed used its default)."""
-"""What a run's own network must have been searched under to be replayed as it is (``run_best``)."""
+BUDGET_SETTINGS = {name: getattr(EnvConfig, name, None) for name in (
+    "flops_budget", "latency_budget", "latency_batch_size", "latency_engine", "latency_statistic",
+    "latency_table_rounds", "round_to")}
+"""What a run's own network must have been searched under to be replayed as it is (``run_best``),
+with each setting's default (runs saved before a setting existed used it)."""
 
 
 class UnknownPolicyError(UsageError):

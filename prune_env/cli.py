@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from prune_env.config import ConfigError
+from prune_env.cost import TIMING_STATISTICS
 from target_models import (
     TARGETS,
     CheckpointError,
@@ -124,7 +125,7 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
                         help="batch size of the latency budget's table (default: the target's config, 1)")
     parser.add_argument("--latency-engine", default=None, choices=["torch", "onnxruntime"],
                         help="what the latency table times (default: torch, eager)")
-    parser.add_argument("--latency-statistic", default=None, choices=["median", "min"],
+    parser.add_argument("--latency-statistic", default=None, choices=TIMING_STATISTICS,
                         help="what each latency-table cell takes of its timed runs: the median run (default) or "
                              "the fastest")
     parser.add_argument("--latency-table-rounds", type=int, default=None, metavar="R",

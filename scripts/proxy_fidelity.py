@@ -87,9 +87,9 @@ def main() -> None:
         "env": {"val_size": args.val_size, **evaluation_overrides(args)},
         "evaluate": {"finetune_epochs": args.finetune_epochs}})
     if args.runs:
-        parser = build_parser()
-        ignored = [flag for flag in ("--candidates", "--criteria", "--seed", "--finetune-epochs")
-                   if getattr(args, flag[2:].replace("-", "_")) != parser.get_default(flag[2:].replace("-", "_"))]
+        defaults = build_parser()
+        ignored = ["--" + dest.replace("_", "-") for dest in ("candidates", "criteria", "seed", "finetune_epochs")
+                   if getattr(args, dest) != defaults.get_default(dest)]
         if ignored:
             raise UsageError(f"--runs rescores finished runs against the fine-tune they recorded; {', '.join(ignored)} "
                              "only apply to random candidates: leave them out")
