@@ -29,7 +29,8 @@ def _mps_available() -> bool:
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """A ``torch.device`` for ``auto``, ``cpu``, ``cuda`` (``cuda:N``) or ``mps``; a clear
-    error for a device this machine lacks."""
+    error for a device this machine lacks. A GPU comes with its index (``cuda`` is the
+    current one), so that it equals the device its tensors report."""
     if isinstance(device, torch.device):
         device = str(device)
     name = (device or "auto").lower()
@@ -37,14 +38,16 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if kind not in DEVICES:
         raise DeviceUnavailableError(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)}")
     if kind == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu")
+        name = kind = "cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu"
     if kind == "cuda" and not torch.cuda.is_available():
         raise DeviceUnavailableError("--device cuda: this machine has no CUDA GPU that torch can use; "
                                      "use --device cpu (or auto)")
     if kind == "mps" and not _mps_available():
         raise DeviceUnavailableError("--device mps: this machine has no Apple GPU that torch can use; "
                                      "use --device cpu (or auto)")
-    return torch.device(name)
+    if name == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("mps", 0) if name == "mps" else torch.device(name)
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype:

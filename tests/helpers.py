@@ -28,7 +28,7 @@ def script_env(home: Path) -> dict[str, str]:
     """Environment for running a script as a subprocess."""
     env = dict(os.environ)
     env["PRUNE_ENV_HOME"] = str(home)
-    env["PYTHONPATH"] = str(REPO)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
     return env
 
 

@@ -24,6 +24,8 @@ def test_auto_picks_the_best_device_this_machine_has():
     assert resolve_device("auto").type == expected
     assert resolve_device(None).type == expected
     assert resolve_device("CPU") == torch.device("cpu")
+    if expected != "cpu":  # a GPU equals the device its tensors report (cuda:0, not cuda)
+        assert resolve_device(expected) == resolve_device("auto") == torch.zeros(1, device=expected).device
 
 
 def test_a_device_the_machine_lacks_or_an_unknown_one_is_refused():
