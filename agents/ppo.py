@@ -8,6 +8,7 @@ SB3) map linearly onto the keep-ratio range.
 from __future__ import annotations
 
 import functools
+import io
 import math
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 
 from agents.parallel import measure_and_replay
 from prune_env.env import PruningEnv
-from target_models.checkpoints import CheckpointError
+from target_models.checkpoints import CheckpointError, atomic_write_bytes
 
 
 def _rescaled(env: gym.Env) -> gym.Env:
@@ -139,7 +140,9 @@ class PPOAgent:
         return self
 
     def save(self, path: str | Path) -> None:
-        self.model.save(path)
+        buffer = io.BytesIO()
+        self.model.save(buffer)
+        atomic_write_bytes(path, buffer.getvalue())  # never half an agent file
 
     @classmethod
     def load(cls, path: str | Path, env: PruningEnv) -> PPOAgent:

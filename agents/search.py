@@ -34,7 +34,7 @@ from agents.reinforce_channels import ReinforceChannelAgents
 from agents.searchers import Evolution, RandomSearch
 from prune_env.env import PruningEnv
 from prune_env.evaluation import EvaluationMode
-from target_models.checkpoints import CheckpointError, atomic_save
+from target_models.checkpoints import CheckpointError, atomic_save, interrupts_held
 
 AGENTS = {"ppo": PPOAgent, "reinforce": ReinforceLayerAgents, "reinforce_channels": ReinforceChannelAgents,
           "random_search": RandomSearch, "evolution": Evolution}
@@ -211,15 +211,17 @@ def find_network(env: PruningEnv, agent: str = "random_search", episodes: int = 
 
 def save_checkpoint(agent, monitor: SearchMonitor, checkpoint_dir: Path) -> None:
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    agent.save(checkpoint_dir / AGENT_FILES[agent.name])
-    atomic_save(monitor.state(), checkpoint_dir / "search_state.pt")
+    with interrupts_held():  # the agent and the search state always describe the same episode
+        agent.save(checkpoint_dir / AGENT_FILES[agent.name])
+        atomic_save(monitor.state(), checkpoint_dir / "search_state.pt")
 
 
 def restore_checkpoint(kind: str, env: PruningEnv, monitor: SearchMonitor, checkpoint_dir: Path):
     """The agent and monitor saved in ``checkpoint_dir``."""
     agent_path, state_path = checkpoint_dir / AGENT_FILES[kind], checkpoint_dir / "search_state.pt"
     if not agent_path.exists() or not state_path.exists():
-        raise CheckpointError(f"nothing to resume in {checkpoint_dir}: no {agent_path.name} and search_state.pt")
+        raise CheckpointError(f"nothing to resume in {checkpoint_dir}: no {agent_path.name} and search_state.pt "
+                              "(the run stopped before its first checkpoint); start it again with --force")
     agent = AGENTS[kind].load(agent_path, env)
     monitor.restore(torch.load(state_path, weights_only=True))
     if agent.episodes_done != monitor.episodes:

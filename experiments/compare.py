@@ -65,7 +65,6 @@ def run_heuristics(target: Target, config: dict, budget: float, seeds: list[int]
                                          finetune_epochs=config["evaluate"]["finetune_epochs"],
                                          latency_batch_size=config["evaluate"]["latency_batch_size"],
                                          show_progress=show_progress, baseline=baselines[criterion])
-                report["val_reward"] = record["reward"]
                 if folder is not None:
                     write_report(folder, report, {**config, "target": target.name, "policy": name, "seed": seed})
             reports.append(report)
@@ -116,7 +115,8 @@ def compare(target: Target, config: dict, budgets: list[float], seeds: list[int]
     agent_refs: dict[float, list] = {}
     for budget in budgets:
         print(f"{target.name} at {budget:.0%} of the FLOPs")
-        reference = max((r["val_reward"] for r in heuristic_reports[budget]), default=None)
+        reference = max((r.get("reward", r.get("val_reward")) for r in heuristic_reports[budget]),
+                        default=None)  # val_reward: reports written before 2026-11-30
         agent_refs[budget] = [
             tasks.submit(run_agent, target, (agent_configs or {}).get(kind, config), kind, budget, seed, out,
                          reference, resume, show_progress)

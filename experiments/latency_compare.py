@@ -56,23 +56,27 @@ def arm_env(config: dict, arm: str, budget: float, batch: int, flops_budget: flo
     return env
 
 
-def latency_table(target: Target, batch: int, min_keep: float, round_to: int | None = None):
-    """The target's (cached) latency table at ``batch``, on the grid a ``PruningEnv`` with
-    ``min_keep`` and ``round_to`` uses, so that both read the same cached table."""
+def latency_table(target: Target, batch: int, env_config: dict, round_to: int | None = None):
+    """The target's (cached) latency table at ``batch``, on the grid and with the timing
+    settings (``latency_engine``, ``latency_statistic``, ``latency_table_rounds``) of a
+    ``PruningEnv`` built from ``env_config`` with ``round_to``, so that both read the same table."""
     from prune_env.env import allowed_counts
     from prune_env.latency import LatencyTable
     from prune_env.pruner import make_pruner
     from prune_env.surgery import keep_count
 
     pruner = make_pruner(target.build_model().eval(), target.example_input(), keep_layers=target.keep_layers)
+    min_keep = env_config["min_keep"]
     low = [int(allowed_counts(int(u), keep_count(min_keep, int(u)), round_to)[0]) for u in pruner.units]
-    return LatencyTable.build(pruner, target.name, batch, "torch", target.device, low=low)
+    return LatencyTable.build(pruner, target.name, batch, env_config.get("latency_engine", "torch"), target.device,
+                              low=low, statistic=env_config.get("latency_statistic", "median"),
+                              rounds=env_config.get("latency_table_rounds", 1))
 
 
-def lowest_latency_ratio(target: Target, batch: int, min_keep: float, round_to: int | None = None) -> float:
-    """The smallest latency budget ``min_keep`` (and ``round_to``) allow at ``batch``: the
-    table's grids start at the lowest allowed count of each layer."""
-    table = latency_table(target, batch, min_keep, round_to)
+def lowest_latency_ratio(target: Target, batch: int, env_config: dict, round_to: int | None = None) -> float:
+    """The smallest latency budget ``env_config``'s ``min_keep`` (and ``round_to``) allow at
+    ``batch``: the table's grids start at the lowest allowed count of each layer."""
+    table = latency_table(target, batch, env_config, round_to)
     return table.predict([int(g[0]) for g in table.grids]) / table.base
 
 
@@ -123,7 +127,7 @@ def run_arms(target: Target, config: dict, agent: str, budgets: list[float], bat
                     if arm == "uniform":
                         flops_budget = float(report["flops_ratio"])
                     elif arm.startswith("flops_search"):  # its latency, as the table predicts it
-                        table = latency_table(target, batch, config["env"]["min_keep"])
+                        table = latency_table(target, batch, config["env"])
                         predicted = table.predict(report["keep_counts"]) / table.base
                         runs[-1]["predicted_ratio"] = predicted
                         if arm == "flops_search":  # rescaled towards the latency target

@@ -17,7 +17,7 @@ from prune_env.files import write_json
 REPORT_KEYS = (
     "target", "policy", "seed", "flops_budget", "keep_ratios", "flops_base", "flops_pruned", "params_base",
     "params_pruned", "metric_name", "metric_split", "metric_base", "metric_pruned", "metric_finetuned", "latency_ms_base",
-    "latency_ms_pruned", "latency_batch_size", "search_seconds", "episodes", "evaluation",
+    "latency_ms_pruned", "latency_batch_size", "search_seconds", "episodes", "evaluation", "budget_kind", "reward",
 )
 EVALUATION_KEYS = ("evaluation", "bn_calibration_size", "finetune_steps")
 LATENCY_KEYS = ("latency_budget", "latency_ms_predicted", "latency_ms_predicted_base", "latency_ratio_predicted",
@@ -96,6 +96,8 @@ def final_report(env: PruningEnv, model: nn.Module, record: dict, *, policy: str
     metric_pruned = evaluate_test(model)
     report = {
         "target": target.name, "policy": policy, "seed": seed, "flops_budget": env.flops_budget,
+        "budget_kind": "latency" if env.latency_budget is not None else "flops" if env.flops_budget else None,
+        "reward": record["reward"],
         "keep_ratios": record["keep_ratios"], "flops_base": record["flops_base"],
         "flops_pruned": record["flops_pruned"], "params_base": record["params_base"],
         "params_pruned": record["params_pruned"], "metric_name": target.metric_name, "metric_split": "test",
@@ -133,8 +135,7 @@ def write_report(out_dir: str | Path, report: dict, config: dict) -> Path:
     """``out_dir/report.json`` beside ``out_dir/config.json`` (the resolved config)."""
     out_dir = Path(out_dir)
     write_json(out_dir / "config.json", config)
-    write_json(out_dir / "report.json", report)
-    return out_dir / "report.json"
+    return write_json(out_dir / "report.json", report, progress=True)
 
 
 def format_report(report: dict) -> str:

@@ -101,17 +101,16 @@ def refuse_changed_settings(saved_path: Path, resolved: dict) -> None:
 def start_workers(parallel: Parallelism, agent: str, env: PruningEnv):
     """The episode workers of agent kind ``agent`` (None: serial)."""
     if agent == "ppo" and env.criterion == "random" and not parallel.serial:
-        raise UsageError("ppo's episodes draw the random criterion's units from one running random stream, "
-                         "which workers cannot share: run ppo with --criterion random serially (no --workers, no --ray)")
+        raise UsageError("ppo's episodes draw the random criterion's units from one running random stream, which "
+                         "workers cannot share: run ppo with the random criterion (env.criterion: random) serially "
+                         "(no --workers, no --ray)")
     return parallel.start(env)
 
 
 def train_and_report(run: TrainRun) -> dict:
     """Search, keep the best network, fine-tune, measure on the test split, save, export."""
     target, out = run.target, Path(run.out)
-    if not target.has_checkpoint():
-        print(f"{target.name} has no pretrained checkpoint yet ({target.checkpoint_path}); pretraining it first.")
-        target.pretrain(show_progress=run.show_progress)
+    target.ensure_pretrained(show_progress=run.show_progress)
     budgeted = run.config["env"].get("flops_budget") or run.config["env"].get("latency_budget")
     baselines = play_baselines(target, run.config["env"], run.baselines) if budgeted else {}
     reference = run.reference_reward
@@ -125,7 +124,7 @@ def train_and_report(run: TrainRun) -> dict:
     monitor = SearchMonitor(env, out / "tensorboard", total_episodes=episodes,
                             reference_reward=reference, show_progress=run.show_progress, callbacks=top)
     resolved = {**run.config, "target": target.name, "agent_kind": run.agent, "seed": run.seed,
-                "checkpoint": str(target.checkpoint_path)}
+                "checkpoint": str(target.checkpoint_path.resolve())}
     if run.resume:
         refuse_changed_settings(out / "config.json", resolved)
         agent = restore_checkpoint(run.agent, env, monitor, out / "checkpoint")

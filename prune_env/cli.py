@@ -205,7 +205,8 @@ def refuse_latency_budget(config: dict, script: str) -> None:
                          "with --latency-budget (or drop env.latency_budget from the --config file)")
 
 
-RUN_FILES = ("checkpoint", "tensorboard", "config.json", "report.json", "pruned_model.pt")
+RUN_FILES = ("checkpoint", "tensorboard", "config.json", "report.json", "pruned_model.pt", "pruned.ts",
+             "pruned.onnx", "export.json")
 
 
 def prepare_run_folder(out: Path, resume: bool, force: bool = False) -> None:

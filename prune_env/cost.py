@@ -22,7 +22,7 @@ from torch import nn
 
 from prune_env.layer_types import LayerTypes
 from prune_env.structure import PrunableLayer, trace_shapes
-from target_models.device import autocast, module_device, on_device, to_device
+from target_models.device import autocast, module_device, on_device, synchronizer, to_device
 
 
 def lstm_flop_jit(inputs, outputs) -> int:
@@ -170,7 +170,7 @@ def measure_latency(model: nn.Module, example: torch.Tensor, repeats: int = 20, 
     device = device or module_device(model)
     model.eval()
     x = to_device(example, device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = synchronizer(device)
 
     def forward() -> None:
         model(x)

@@ -126,7 +126,9 @@ class PruningEnv(gym.Env):
       ``latency_batch_size``, threads and ``latency_engine``, and cached) exactly as on
       FLOPs; ``latency_statistic`` and ``latency_table_rounds`` say how its cells are timed
       (:meth:`prune_env.latency.LatencyTable.measure`). Records then hold
-      ``latency_ms_predicted`` and the table's settings.
+      ``latency_ms_predicted`` and the table's settings. ``latency_table``: a table already
+      measured (its ``to_dict()``), used instead of building one: episode workers take the
+      main process's, so that every process clamps on the same prediction.
     - ``val_size``: validation examples (episodes for CartPole) per evaluation.
     - ``evaluation``: how a candidate is prepared before it is measured; with
       ``bn_calibration_size`` (``adaptive_bn``) and ``finetune_steps`` (``finetune``).
@@ -169,6 +171,7 @@ class PruningEnv(gym.Env):
         latency_engine: str = "torch",
         latency_statistic: str = "median",
         latency_table_rounds: int = 1,
+        latency_table: dict | None = None,
     ):
         super().__init__()
         self._arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
@@ -217,9 +220,10 @@ class PruningEnv(gym.Env):
         if latency_budget is not None or reward == "latency":
             from prune_env.latency import LatencyTable
 
-            self.latency_table = LatencyTable.build(self.pruner, self.target.name, latency_batch_size,
-                                                    latency_engine, self.target.device, low=self.min_counts,
-                                                    statistic=latency_statistic, rounds=latency_table_rounds)
+            self.latency_table = LatencyTable.from_dict(latency_table) if latency_table is not None else \
+                LatencyTable.build(self.pruner, self.target.name, latency_batch_size, latency_engine,
+                                   self.target.device, low=self.min_counts, statistic=latency_statistic,
+                                   rounds=latency_table_rounds)
         self.cost = self.latency_table.predict if latency_budget is not None else self.flop_model.flops
         """What the budget limits, from kept counts: predicted ms (latency budget) or FLOPs."""
         self.cost_base = float(self.cost(self.units))
@@ -257,8 +261,12 @@ class PruningEnv(gym.Env):
 
     def arguments(self) -> dict[str, Any]:
         """The constructor arguments this environment was built with (``PruningEnv(**arguments)``
-        builds the same environment again, in another process: see :mod:`agents.parallel`)."""
-        return dict(self._arguments)
+        builds the same environment again, in another process: see :mod:`agents.parallel`), the
+        latency table included: a worker with other threads must not time a table of its own."""
+        arguments = dict(self._arguments)
+        if self.latency_table is not None:
+            arguments["latency_table"] = self.latency_table.to_dict()
+        return arguments
 
     # ---- Gymnasium API -------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):

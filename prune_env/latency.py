@@ -38,8 +38,8 @@ from tqdm.auto import tqdm
 
 from prune_env.cost import TIMING_STATISTICS, onnx_latency, over_rounds, wall_ms
 from prune_env.pruner import BasePruner, Pruner
-from target_models.checkpoints import home_dir
-from target_models.device import module_device, on_device, to_device
+from target_models.checkpoints import atomic_write_bytes, home_dir
+from target_models.device import module_device, on_device, synchronizer, to_device
 
 ENGINES = ("torch", "onnxruntime")
 
@@ -82,7 +82,7 @@ class _Timer:
         if self.engine == "onnxruntime":
             return self._onnx(module, x)
         xd = to_device(x, self.device)
-        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        sync = synchronizer(self.device)
 
         def forward() -> None:
             module(xd)
@@ -224,11 +224,8 @@ class LatencyTable:
                 return cls.from_dict(saved)
         table = cls.measure(pruner, batch_size, engine, device, points, low, show_progress=show_progress,
                             statistic=statistic, rounds=rounds)
-        if cache:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"key": key, **table.to_dict()}))
-            tmp.replace(path)
+        if cache:  # a unique temporary file: processes building the same table never collide
+            atomic_write_bytes(path, json.dumps({"key": key, **table.to_dict()}).encode())
         return table
 
     def to_dict(self) -> dict:

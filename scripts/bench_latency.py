@@ -23,6 +23,7 @@ from agents.base import run_episode
 from agents.heuristics import UniformPolicy
 from experiments.latency_error import print_table_errors, table_errors
 from prune_env.cli import (
+    UsageError,
     add_target_arguments,
     check_at_least,
     check_budget_reachable,
@@ -72,7 +73,11 @@ def main() -> None:
     check_at_least("--round-to", args.round_to, 1)
     check_at_least("--rounds", args.rounds, 1)
     check_at_least("--table-rounds", args.table_rounds, 1)
-    check_budget_reachable(target, min(budgets), 0.1, flag="--flops-budgets", round_to=args.round_to)
+    if args.table and args.round_to:
+        raise UsageError("--table checks the table on random allocations of any unit count; drop --round-to "
+                         "(it applies to the uniform speed-up rows)")
+    if not args.table:
+        check_budget_reachable(target, min(budgets), 0.1, flag="--flops-budgets", round_to=args.round_to)
     model = target.build_model().eval() if args.untrained else target.load_pretrained()
     if args.table:
         rows = table_errors(target, model, batches, args.table, args.engine, rounds=args.rounds,
@@ -94,11 +99,13 @@ def main() -> None:
             diff = export_onnx(env.last_model, target.example_input(2), pruned_onnx)
             for batch in batches:
                 x = target.example_input(batch)
-                torch_base, torch_pruned = measure_latency(model, x)["ms"], measure_latency(env.last_model, x)["ms"]
+                torch_base = measure_latency(model, x, device=target.device)["ms"]
+                torch_pruned = measure_latency(env.last_model, x, device=target.device)["ms"]
                 ort_base, ort_pruned = onnx_latency(base_onnx, x), onnx_latency(pruned_onnx, x)
-                for engine, base_ms, pruned_ms in (("torch", torch_base, torch_pruned),
-                                                   ("onnxruntime", ort_base, ort_pruned)):
+                for engine, device, base_ms, pruned_ms in (("torch", target.device, torch_base, torch_pruned),
+                                                           ("onnxruntime", "cpu", ort_base, ort_pruned)):
                     rows.append({"target": target.name, "flops_ratio": round(record["flops_ratio"], 4),
+                                 "device": str(device),
                                  "params_ratio": round(record["params_pruned"] / record["params_base"], 4),
                                  "engine": engine, "batch": batch, "base_ms": round(base_ms, 3),
                                  "pruned_ms": round(pruned_ms, 3), "speedup": round(base_ms / pruned_ms, 2),

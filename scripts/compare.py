@@ -13,6 +13,7 @@ tasks of --threads CPUs each, with the same reports and tables.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from agents import HEURISTICS
@@ -88,6 +89,11 @@ def main() -> None:
     if missing:
         raise UsageError(f"--runs {missing[0]} holds no report.json; give run folders of scripts/train_agent.py "
                          "or scripts/evaluate.py")
+    other = [(r, t) for r in args.runs if (t := json.loads((Path(r) / "report.json").read_text()).get("target"))
+             not in (None, args.target)]
+    if other:
+        raise UsageError(f"--runs {other[0][0]} is a run on {other[0][1]}, not {args.target}; compare runs of one "
+                         "target at a time")
     budgets = parse_fractions(args.flops_budgets, "--flops-budgets")
     agent_budgets = parse_fractions(args.agent_budgets, "--agent-budgets") if args.agent_budgets else None
     if agent_budgets is not None and not set(agent_budgets) <= set(budgets):

@@ -90,6 +90,10 @@ def main() -> None:
     flags = {"flops_budget": args.flops_budget, "criterion": args.criterion, "val_size": args.val_size,
              **evaluation_overrides(args)}
     run = saved_run(args.policy) if args.policy else None  # a run folder: its own settings, unless a flag says otherwise
+    trained_on = run["config"].get("target") if run else None
+    if trained_on not in (None, args.target):
+        raise UsageError(f"--policy {args.policy} is a run on {trained_on}, not {args.target}: pass --target "
+                         f"{trained_on}, or a run of {args.target}")
     run_env = {k: v for k, v in (run["config"].get("env", {}) if run else {}).items() if k in flags}
     if args.flops_budget is not None or args.latency_budget is not None:  # the flag's budget, of either kind
         run_env = {k: v for k, v in run_env.items() if k not in ("flops_budget", "latency_budget")}

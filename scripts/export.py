@@ -1,6 +1,6 @@
 """Export the pruned network of a run as TorchScript and/or ONNX, checked and timed.
 
-    python scripts/export.py --run runs/NAME [--format torchscript|onnx|all]
+    python scripts/export.py --run runs/NAME [--format torchscript|onnx|all] [--checkpoint FILE]
 
 Reads RUN/pruned_model.pt and RUN/config.json, writes RUN/pruned.ts and/or RUN/pruned.onnx
 and RUN/export.json: the max absolute difference between exported and in-memory outputs
@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", default="all", choices=[*FORMATS, "all"], help="which files to write")
     parser.add_argument("--data-dir", default=None,
                         help="local data in the hub's parquet layout (default: $PRUNE_ENV_DATA_DIR, else the hub)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="the pretrained network the run pruned, timed beside it (default: the checkpoint "
+                             "file the run recorded in config.json)")
     add_device_argument(parser)
     return parser
 
@@ -42,8 +45,12 @@ def main() -> None:
         raise UsageError(f"{config_path} is not valid JSON ({exc})") from exc
     if not isinstance(config, dict) or "target" not in config:
         raise UsageError(f"{config_path} names no target; is {run} a run folder of scripts/train_agent.py?")
-    target = get_target(config["target"], data_dir=args.data_dir, checkpoint=config.get("checkpoint"),
-                        device=args.device)
+    checkpoint = args.checkpoint or config.get("checkpoint")
+    if checkpoint is not None and not Path(checkpoint).expanduser().is_file():
+        flag = "--checkpoint" if args.checkpoint else f"the checkpoint the run recorded in {config_path}"
+        raise UsageError(f"{flag} ({checkpoint}) is not a file; pass --checkpoint with the pretrained "
+                         f"{config['target']} network the run pruned")
+    target = get_target(config["target"], data_dir=args.data_dir, checkpoint=checkpoint, device=args.device)
     model = load_pruned(run / "pruned_model.pt", target)
     formats = FORMATS if args.format == "all" else (args.format,)
     result = export_all(model, target.load_pretrained(), target, run, formats)

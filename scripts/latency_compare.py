@@ -76,7 +76,7 @@ def main() -> None:
     for batch in batches:  # every budget reachable, checked (and the tables built) before any search
         for round_to in (None, args.round_to):
             try:
-                lowest = lowest_latency_ratio(target, batch, config["env"]["min_keep"], round_to)
+                lowest = lowest_latency_ratio(target, batch, config["env"], round_to)
             except ValueError as exc:
                 raise UsageError(f"{target.name}: {exc}") from exc
             if min(budgets) < lowest * 0.999:

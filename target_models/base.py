@@ -163,6 +163,19 @@ class Target(ABC):
     def has_checkpoint(self) -> bool:
         return self.checkpoint_path.exists()
 
+    def ensure_pretrained(self, show_progress: bool = True) -> None:
+        """Pretrain when there is no checkpoint, and finish a pretraining that was interrupted
+        (the project's own checkpoint only: a ``--checkpoint`` file you brought is used as it is)."""
+        if not self.has_checkpoint():
+            print(f"{self.name} has no pretrained checkpoint yet ({self.checkpoint_path}); pretraining it first.")
+            self.pretrain(show_progress=show_progress)
+        elif self.checkpoint is None and self.checkpoint_path == checkpoint_path(self.name):
+            meta = self.load_checkpoint()["meta"]
+            if not meta.get("complete", True):
+                print(f"{self.checkpoint_path} is from an unfinished pretraining "
+                      f"({meta.get('epochs_done', 0):.2f} epochs); finishing it first.")
+                self.pretrain(epochs=meta.get("epochs_planned"), resume=True, show_progress=show_progress)
+
     def _check_data_fingerprint(self, meta: dict) -> None:
         """Warn when a checkpoint was trained on other data than this target loads."""
         return None

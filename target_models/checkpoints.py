@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -67,10 +71,51 @@ SAVED_THIS_PROCESS: list[Path] = []
 anything was saved (and where) instead of assuming it."""
 
 
+def note_saved(path: str | os.PathLike) -> None:
+    """Record that ``path`` holds progress an interrupted script can be resumed from."""
+    SAVED_THIS_PROCESS.append(Path(path))
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file, then rename: a crash never leaves half a file."""
     _atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
-    SAVED_THIS_PROCESS.append(Path(path))
+    note_saved(path)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, progress: bool = False) -> None:
+    """``data`` written atomically; ``progress``: a result an interrupted script can be resumed from."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+    _atomic_write(Path(path), write)
+    if progress:
+        note_saved(path)
+
+
+@contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the block has run (in the main thread), so that files
+    written together (an agent and its search state) are never left half-updated."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if received:
+            handler = previous[received[0]]
+            if callable(handler):
+                handler(received[0], None)
+            else:
+                os.kill(os.getpid(), received[0])
 
 
 def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:

@@ -9,7 +9,7 @@ device for its duration and back (:func:`on_device`), and batches follow the net
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -68,6 +68,15 @@ def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractC
 def needs_grad_scaler(device: torch.device, enabled: bool) -> bool:
     """Whether training in autocast on ``device`` needs loss scaling (float16 only)."""
     return enabled and autocast_dtype(device) == torch.float16
+
+
+def synchronizer(device: torch.device) -> Callable[[], None]:
+    """What waits for ``device``'s queued work (GPUs run asynchronously; a timer must wait)."""
+    if device.type == "cuda":
+        return torch.cuda.synchronize
+    if device.type == "mps":
+        return torch.mps.synchronize
+    return lambda: None
 
 
 def module_device(model: nn.Module) -> torch.device:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -98,6 +99,12 @@ MISTAKES = [
     ("bench-latency-budgets", ["scripts/bench_latency.py", *CARTPOLE, "--flops-budgets", "0.5,2"],
      "--flops-budgets must lie in (0, 1]"),
     ("export-not-a-run", ["scripts/export.py", "--run", "{w}/new"], "{w}/new/config.json not found"),
+    ("evaluate-run-of-another-target", ["scripts/evaluate.py", *CARTPOLE, "--policy", "{w}/cnn_run", "--out",
+                                        "{w}/eval"], "is a run on cnn_cifar10, not cartpole_policy: pass --target"),
+    ("compare-runs-of-another-target", ["scripts/compare.py", *CARTPOLE, "--runs", "{w}/cnn_run", "--out", "{w}/cmp"],
+     "is a run on cnn_cifar10, not cartpole_policy; compare runs of one target"),
+    ("pretrain-resume-and-force", ["scripts/pretrain.py", *CARTPOLE, "--resume", "--force"],
+     "--resume continues the checkpoint and --force replaces it; pass one of them"),
     ("pretrain-epochs-0", ["scripts/pretrain.py", *CARTPOLE, "--epochs", "0"], "--epochs must be above 0, got 0.0"),
     ("device-unknown", ["scripts/pretrain.py", *CARTPOLE, "--device", "tpu"], "unknown device 'tpu'; choose one of"),
     *([] if torch.cuda.is_available() else [
@@ -116,6 +123,10 @@ def mistakes(tmp_path_factory) -> tuple[Path, Path, dict[str, subprocess.Complet
     (w / "run" / "config.json").write_text("{}")
     (w / "run" / "report.json").write_text("{}")
     (w / "run" / "agent.pt").write_text('{"not": "a checkpoint"}')
+    (w / "cnn_run" / "checkpoint").mkdir(parents=True)  # a finished run of another target
+    (w / "cnn_run" / "config.json").write_text('{"target": "cnn_cifar10", "agent_kind": "random_search"}')
+    (w / "cnn_run" / "report.json").write_text('{"target": "cnn_cifar10", "keep_ratios": [0.5, 0.5, 0.5]}')
+    torch.save({"kind": "random_search"}, w / "cnn_run" / "checkpoint" / "agent_random_search.pt")
     (w / "typo.yaml").write_text("env:\n  flops_budgte: 0.4\n")
     (w / "wrong_type.yaml").write_text("env:\n  min_keep: lots\n")
 
@@ -208,7 +219,9 @@ def test_help_runs_as_a_script():
 
 
 def test_an_interrupt_says_whether_anything_was_saved(tmp_path, capsys, monkeypatch):
+    from experiments.report import write_report
     from prune_env.cli import run_main
+    from prune_env.files import write_json
     from target_models import checkpoints
 
     monkeypatch.setattr(checkpoints, "SAVED_THIS_PROCESS", [])
@@ -227,3 +240,30 @@ def test_an_interrupt_says_whether_anything_was_saved(tmp_path, capsys, monkeypa
         run_main(interrupted_after_a_save)
     err = capsys.readouterr().err
     assert "progress so far is saved" in err and "state.pt" in err
+
+    def interrupted_after_a_finished_run():
+        write_json(tmp_path / "runs" / "uniform" / "config.json", {})  # written first, not progress
+        write_report(tmp_path / "runs" / "uniform", {"policy": "uniform"}, {})
+        write_json(tmp_path / "runs" / "ppo" / "config.json", {})
+        raise KeyboardInterrupt
+
+    checkpoints.SAVED_THIS_PROCESS.clear()
+    with pytest.raises(SystemExit):
+        run_main(interrupted_after_a_finished_run)
+    err = capsys.readouterr().err
+    assert "progress so far is saved" in err and str(tmp_path / "runs" / "uniform" / "report.json") in err
+
+
+def test_files_written_together_are_finished_before_an_interrupt_lands():
+    from target_models.checkpoints import interrupts_held
+
+    written, previous = [], signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts_held():
+                os.kill(os.getpid(), signal.SIGINT)
+                written += ["agent", "search state"]
+        assert written == ["agent", "search state"]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -110,6 +110,19 @@ def synthetic_table(monkeypatch):
     monkeypatch.setattr(LatencyTable, "build", classmethod(build))
 
 
+def test_an_env_rebuilt_from_its_arguments_clamps_on_the_same_table(synthetic_table, monkeypatch):
+    """Episode workers rebuild the env from its arguments with other thread counts: they must
+    take the main process's table, not time one of their own."""
+    from prune_env.env import PruningEnv
+
+    env = tiny_env("cartpole_policy", flops_budget=None, latency_budget=0.5)
+    monkeypatch.setattr(LatencyTable, "build", classmethod(lambda cls, *a, **k: pytest.fail("timed another table")))
+    again = PruningEnv(**env.arguments())
+    assert again.latency_table.to_dict() == env.latency_table.to_dict()
+    action = np.full(env.n_layers, 0.8)
+    assert play_allocation(again, action, seed=0)["keep_counts"] == play_allocation(env, action, seed=0)["keep_counts"]
+
+
 @pytest.mark.parametrize("budget", [0.4, 0.7])
 def test_a_latency_budget_clamps_on_the_predicted_latency(budget, synthetic_table):
     env = tiny_env("cartpole_policy", flops_budget=None, latency_budget=budget)

@@ -56,6 +56,7 @@ def test_the_unpruned_network_is_measured_once_per_environment(monkeypatch):
     assert reports[0]["latency_ms_base"] == reports[1]["latency_ms_base"]
     for r in reports:
         assert set(REPORT_KEYS) <= set(r) and r["metric_split"] == "test"
+        assert r["budget_kind"] == "flops" and r["reward"] == record["reward"]
 
 
 def test_an_export_reuses_the_latency_the_report_measured(tmp_path):

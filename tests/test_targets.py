@@ -146,6 +146,9 @@ def test_pretrain_script_writes_a_checkpoint_and_resumes(isolated_home):
     assert meta["complete"] and meta["epochs_done"] == 1
     target = get_target("cnn_cifar10", limit=300)  # the checkpoint's metric is the saved network's
     assert meta["test_metric"] == pytest.approx(target.evaluator("test")(target.load_pretrained()), abs=1e-6)
+    again = _run(["scripts/pretrain.py", "--target", "cnn_cifar10", "--limit", "300", "--quiet"], isolated_home,
+                 check=False)  # never overwrites the checkpoint by accident
+    assert again.returncode == 2 and "finished); pass --resume to continue it, or --force" in again.stderr
     resumed = _run(["scripts/pretrain.py", "--target", "cnn_cifar10", "--limit", "300", "--epochs", "2",
                     "--resume", "--quiet"], isolated_home)
     assert "resuming cnn_cifar10 from epoch 1" in resumed.stdout
@@ -153,6 +156,21 @@ def test_pretrain_script_writes_a_checkpoint_and_resumes(isolated_home):
     assert ckpt["meta"]["epochs_done"] == 2
     assert [h["epoch"] for h in ckpt["progress"]["history"]] == [1, 2]
     assert ckpt["meta"]["data_fingerprint"] == get_target("cnn_cifar10", limit=300).data.fingerprint()
+
+
+@needs_data
+def test_an_interrupted_pretraining_is_finished_before_it_is_pruned(isolated_home):
+    target = get_target("cnn_cifar10", limit=300)
+    target.pretrain(epochs=1, show_progress=False)
+    ckpt = torch.load(target.checkpoint_path, weights_only=True)  # as if stopped after 1 of 2 epochs
+    ckpt["meta"].update(complete=False, epochs_planned=2)
+    atomic_save(ckpt, target.checkpoint_path)
+    target.ensure_pretrained(show_progress=False)
+    meta = torch.load(target.checkpoint_path, weights_only=True)["meta"]
+    assert meta["complete"] and meta["epochs_done"] == 2
+    before = target.checkpoint_path.stat().st_mtime_ns
+    target.ensure_pretrained(show_progress=False)  # finished: used as it is
+    assert target.checkpoint_path.stat().st_mtime_ns == before
 
 
 def test_missing_corrupt_and_mismatched_checkpoints_give_clear_errors(isolated_home):
