@@ -10,6 +10,7 @@ so that ``resume`` continues from the saved episode count without losing episode
 from __future__ import annotations
 
 import copy
+import random
 import time
 import zipfile
 from collections.abc import Iterable
@@ -213,7 +214,27 @@ def save_checkpoint(agent, monitor: SearchMonitor, checkpoint_dir: Path) -> None
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     with interrupts_held():  # the agent and the search state always describe the same episode
         agent.save(checkpoint_dir / AGENT_FILES[agent.name])
-        atomic_save(monitor.state(), checkpoint_dir / "search_state.pt")
+        atomic_save({**monitor.state(), "random_state": random_state()}, checkpoint_dir / "search_state.pt")
+
+
+def random_state() -> dict:
+    """The global generators' states (torch, numpy, Python), loadable with ``weights_only``:
+    a resumed search draws what the uninterrupted one would have drawn next."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
+                      "has_gauss": has_gauss, "gauss": gauss},
+            "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next}}
+
+
+def set_random_state(state: dict) -> None:
+    """Restore :func:`random_state` (after loading an agent: stable-baselines3 reseeds on load)."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss_next"]))
 
 
 def restore_checkpoint(kind: str, env: PruningEnv, monitor: SearchMonitor, checkpoint_dir: Path):
@@ -223,7 +244,10 @@ def restore_checkpoint(kind: str, env: PruningEnv, monitor: SearchMonitor, check
         raise CheckpointError(f"nothing to resume in {checkpoint_dir}: no {agent_path.name} and search_state.pt "
                               "(the run stopped before its first checkpoint); start it again with --force")
     agent = AGENTS[kind].load(agent_path, env)
-    monitor.restore(torch.load(state_path, weights_only=True))
+    state = torch.load(state_path, weights_only=True)
+    monitor.restore(state)
+    if "random_state" in state:  # checkpoints written before 2026-11-30 have none
+        set_random_state(state["random_state"])
     if agent.episodes_done != monitor.episodes:
         raise CheckpointError(f"{checkpoint_dir}: agent ({agent.episodes_done}) and search ({monitor.episodes}) "
                               "episode counts disagree")

@@ -15,6 +15,7 @@ from agents.base import prune_with
 from agents.parallel import Parallelism, RunTasks
 from experiments.report import BaselineMeasurements, final_report, write_report
 from experiments.train import TrainRun, train_and_report
+from prune_env.cli import UsageError
 from prune_env.env import PruningEnv
 from target_models import Target
 
@@ -31,10 +32,28 @@ def run_folder(out: Path, policy: str, budget: float, seed: int) -> Path:
     return Path(out) / "runs" / f"{policy}-b{budget}-s{seed}"
 
 
-def finished_report(folder: Path) -> dict | None:
-    """The report of a finished run, None when it has none yet."""
+RESUME_SETTINGS = (("env", "evaluation"), ("env", "val_size"), ("env", "bn_calibration_size"),
+                   ("env", "finetune_steps"), ("env", "criterion"), ("env", "min_keep"), ("env", "round_to"),
+                   ("env", "reward"), ("evaluate", "finetune_epochs"))
+"""Settings a finished run of a comparison must share with the comparison that reuses it."""
+
+
+def finished_report(folder: Path, config: dict, agent: bool = False) -> dict | None:
+    """The report of a finished run, None when it has none yet; a UsageError when it was made
+    with other settings than ``config`` (and, for an agent, another episode budget): a
+    resumed comparison never mixes budgets or fine-tunes."""
     path = folder / "report.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    saved_path = folder / "config.json"
+    saved = json.loads(saved_path.read_text()) if saved_path.is_file() else {}
+    keys = RESUME_SETTINGS + ((("search", "episodes"),) if agent else ())
+    for section, key in keys:
+        old, new = (saved.get(section) or {}).get(key), (config.get(section) or {}).get(key)
+        if old is not None and new is not None and old != new:
+            raise UsageError(f"--resume: {folder} was run with {section}.{key} = {old}, this comparison uses "
+                             f"{new}; resume with the same flags, or give a new --out")
+    return json.loads(path.read_text())
 
 
 def run_heuristics(target: Target, config: dict, budget: float, seeds: list[int],
@@ -50,7 +69,7 @@ def run_heuristics(target: Target, config: dict, budget: float, seeds: list[int]
         criterion = HEURISTICS[name].preferred_criterion or config["env"].get("criterion", "l1")
         for seed in seeds:
             folder = None if out is None else run_folder(out, name, budget, seed)
-            report = finished_report(folder) if resume and folder is not None else None
+            report = finished_report(folder, config) if resume and folder is not None else None
             if report is None:
                 if criterion not in envs:
                     envs[criterion] = PruningEnv(target, **{**config["env"], "flops_budget": budget,
@@ -78,7 +97,7 @@ def run_agent(target: Target, config: dict, kind: str, budget: float, seed: int,
     """One trained agent of a comparison, in its :func:`run_folder`; with ``resume`` a finished
     run is read back and an interrupted one continues from its checkpoint."""
     folder = run_folder(out, kind, budget, seed)
-    report = finished_report(folder) if resume else None
+    report = finished_report(folder, config, agent=True) if resume else None
     if report is None:
         run_config = {**config, "env": {**config["env"], "flops_budget": budget}}
         report = train_and_report(TrainRun(

@@ -93,6 +93,11 @@ def refuse_changed_settings(saved_path: Path, resolved: dict) -> None:
     changed += [key for key in ("target", "agent_kind", "seed") if saved.get(key) != resolved.get(key)]
     if (saved.get("search") or {}).get("reselect_top", 0) != (resolved.get("search") or {}).get("reselect_top", 0):
         changed.append("search.reselect_top")  # its candidates are collected during the search
+    saved_episodes = (saved.get("search") or {}).get("episodes")
+    if saved_episodes is not None and int((resolved.get("search") or {}).get("episodes", 0)) < int(saved_episodes):
+        raise UsageError(f"--resume with fewer --episodes than the run in {saved_path.parent} was started with "
+                         f"({saved_episodes}): its saved episodes may already be beyond the new budget; resume "
+                         "with at least as many, or start a new --out")
     if changed:
         raise UsageError(f"--resume with other settings than the run in {saved_path.parent} "
                          f"({', '.join(sorted(changed))}); resume with the same flags, or start a new --out")

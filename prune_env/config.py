@@ -198,10 +198,16 @@ class ReinforceConfig:
 
     def check(self) -> None:
         _fail(self.learning_rate <= 0, f"agent.learning_rate must be above 0, got {self.learning_rate}")
-        _at_least("agent.batch_episodes", self.batch_episodes, 1)
+        _check_reinforce_batch(self.batch_episodes)
         _at_least("agent.hidden", self.hidden, 1)
         _fail(not 0 < self.init_keep < 1, f"agent.init_keep must lie in (0, 1), got {self.init_keep}")
         _fail(self.entropy_coef < 0, f"agent.entropy_coef must be at least 0, got {self.entropy_coef}")
+
+
+def _check_reinforce_batch(batch_episodes: int) -> None:
+    _fail(not isinstance(batch_episodes, int) or batch_episodes < 2,
+          f"agent.batch_episodes must be at least 2, got {batch_episodes}: REINFORCE normalises rewards within a "
+          "batch, so a batch of one episode has no advantage to learn from")
 
 
 CHANNEL_INITS = ("uniform", "importance", "keep", "global", "best")
@@ -229,7 +235,7 @@ class ReinforceChannelsConfig:
 
     def check(self) -> None:
         _fail(self.learning_rate <= 0, f"agent.learning_rate must be above 0, got {self.learning_rate}")
-        _at_least("agent.batch_episodes", self.batch_episodes, 1)
+        _check_reinforce_batch(self.batch_episodes)
         _fail(self.init not in CHANNEL_INITS,
               f"agent.init {self.init!r} is unknown; choose one of: {', '.join(CHANNEL_INITS)}")
         _fail(self.init_keep is not None and not 0 < self.init_keep < 1,

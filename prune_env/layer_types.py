@@ -164,7 +164,8 @@ class LSTMType(LayerType):
         rows = None if out_idx is None else torch.cat([out_idx + g * h for g in range(4)])
         w_ih = take(take(module.weight_ih_l0.detach(), rows, 0), in_idx, 1)
         w_hh = take(take(module.weight_hh_l0.detach(), rows, 0), out_idx, 1)
-        new = type(module)(w_ih.shape[1], w_hh.shape[1], bias=module.bias, batch_first=module.batch_first)
+        new = skip_init(type(module), w_ih.shape[1], w_hh.shape[1], bias=module.bias,
+                        batch_first=module.batch_first)  # no random init: surgery never moves torch's generator
         new.weight_ih_l0.data, new.weight_hh_l0.data = w_ih.clone(), w_hh.clone()
         if module.bias:
             new.bias_ih_l0.data = take(module.bias_ih_l0.detach(), rows, 0).clone()
@@ -196,9 +197,9 @@ class EmbeddingType(LayerType):
         if in_idx is not None:
             raise ValueError("an embedding's inputs are indices, not units: it must be the first layer")
         w = take(module.weight.detach(), out_idx, 1)
-        new = nn.Embedding(module.num_embeddings, w.shape[1], padding_idx=module.padding_idx,
-                           max_norm=module.max_norm, norm_type=module.norm_type,
-                           scale_grad_by_freq=module.scale_grad_by_freq, sparse=module.sparse)
+        new = skip_init(nn.Embedding, module.num_embeddings, w.shape[1], padding_idx=module.padding_idx,
+                        max_norm=module.max_norm, norm_type=module.norm_type,
+                        scale_grad_by_freq=module.scale_grad_by_freq, sparse=module.sparse)
         new.weight.data = w.clone()
         return new
 

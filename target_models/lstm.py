@@ -24,9 +24,11 @@ class LastStepLSTM(nn.LSTM):
         return out[:, -1]
 
 
-def build_lstm(widths: Sequence[int] = (128, 64), vocab_size: int = VOCAB_SIZE, embed_dim: int = 64) -> nn.Sequential:
-    """Embedding, LSTM (last state), dense with ReLU, one logit."""
-    hidden, dense = widths
+def build_lstm(widths: Sequence[int] = (64, 128, 64), vocab_size: int = VOCAB_SIZE) -> nn.Sequential:
+    """Embedding, LSTM (last state), dense with ReLU, one logit; ``widths`` are the units of
+    its three prunable layers (embedding, LSTM, dense), or (LSTM, dense) with the embedding
+    64 wide, as checkpoints made before the embedding became prunable record them."""
+    embed_dim, hidden, dense = widths if len(widths) == 3 else (64, *widths)
     return nn.Sequential(
         nn.Embedding(vocab_size, embed_dim, padding_idx=0),
         LastStepLSTM(embed_dim, hidden, batch_first=True),
@@ -38,7 +40,7 @@ def build_lstm(widths: Sequence[int] = (128, 64), vocab_size: int = VOCAB_SIZE, 
 
 class LstmImdb(SupervisedTarget):
     name = "lstm_imdb"
-    default_widths = (128, 64)
+    default_widths = (64, 128, 64)
     train_config = TrainConfig(epochs=6, batch_size=64, lr=2e-3, optimizer="adam", grad_clip=1.0)
     finetune_lr = 3e-4
 

@@ -86,6 +86,9 @@ def test_search_resumes_from_the_saved_episode_count(kind, tmp_path):
     search(resumed, env, resumed_monitor, 32, tmp_path)
     assert resumed_monitor.episodes == resumed.episodes_done == 32
     assert len(resumed_monitor.rewards) == 32
+    straight = SearchMonitor(env, show_progress=False)  # the same search, never interrupted
+    search(make_agent(kind, env, hparams, seed=0), env, straight, 32)
+    assert resumed_monitor.rewards == straight.rewards
 
 
 def _train_cartpole_run(home, out, *extra: str) -> subprocess.CompletedProcess:
@@ -175,3 +178,18 @@ def test_a_resumed_search_with_more_episodes_counts_only_candidates(tmp_path):
     search(resumed, env, resumed_monitor, 10, tmp_path)
     assert resumed_monitor.counted_episodes == 10 and len(resumed_monitor.rewards) == 10
     assert resumed_monitor.episodes == 16  # a second whole rollout, of which 5 are candidates
+
+
+def test_a_resume_with_fewer_episodes_or_other_settings_is_refused(tmp_path):
+    from experiments.train import refuse_changed_settings
+    from prune_env.cli import UsageError
+    from prune_env.files import write_json
+
+    saved = {"target": "toy", "agent_kind": "ppo", "seed": 0, "env": {"flops_budget": 0.5}, "agent": {},
+             "search": {"episodes": 16}}
+    path = write_json(tmp_path / "config.json", saved)
+    refuse_changed_settings(path, {**saved, "search": {"episodes": 32}})  # more episodes: a longer search
+    with pytest.raises(UsageError, match="fewer --episodes than the run .* was started with \\(16\\)"):
+        refuse_changed_settings(path, {**saved, "search": {"episodes": 8}})
+    with pytest.raises(UsageError, match="other settings .*env.flops_budget"):
+        refuse_changed_settings(path, {**saved, "env": {"flops_budget": 0.4}})

@@ -40,6 +40,13 @@ def test_compare_writes_tables_and_a_png(isolated_home, tmp_path):
     assert "±" not in markdown  # no spread is printed for a single seed
     png = (out / "pareto.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    other = subprocess.run(  # a resumed comparison never mixes fine-tunes
+        [sys.executable, "scripts/compare.py", "--target", "cartpole_policy", "--flops-budgets", "0.3",
+         "--seeds", "1", "--heuristics", "uniform", "--finetune-epochs", "0.1", "--val-size", "8",
+         "--out", str(out), "--resume"],
+        cwd=REPO, env=script_env(isolated_home), capture_output=True, text=True, timeout=600)
+    assert other.returncode == 2
+    assert "was run with evaluate.finetune_epochs = 0.2, this comparison uses 0.1" in other.stderr
 
 
 def test_compare_rejects_bad_budgets(isolated_home, tmp_path):

@@ -153,6 +153,8 @@ def test_a_config_file_may_set_null_and_nest_agent_sections(tmp_path):
     ("env:\n  reward: budgte\n", None, "env.reward 'budgte' is unknown; choose one of: budget, tradeoff"),
     ("env:\n  flops_budget: null\n", None, "the budget reward needs one"),
     ("agent:\n  parents: 16\n", "evolution", "agent.parents must be at least 1 and below agent.population"),
+    ("agent:\n  batch_episodes: 1\n", "reinforce_channels",
+     "agent.batch_episodes must be at least 2, got 1: REINFORCE normalises rewards within a batch"),
     ("env: [1\n", None, "is not valid YAML at line 2"),
 ])
 def test_a_bad_config_file_is_named_in_one_line(tmp_path, text, agent, message):

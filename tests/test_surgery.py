@@ -179,3 +179,34 @@ def test_the_lstm_embedding_width_is_a_prunable_layer_that_costs_flops_through_t
     saved = 256 * 4 * 128 * (64 - 16)  # the LSTM's input-to-hidden products
     assert count_flops(model, x[:1]) - count_flops(narrow, x[:1]) == saved
     assert pruner.flop_model.flops([16, 128, 64]) == count_flops(narrow, x[:1])
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_surgery_never_moves_torchs_random_generator(name):
+    """Agents draw their actions from torch's generator: a cache miss (surgery) must not
+    shift their stream, or a resumed or parallel run would differ from a serial one."""
+    model, x = _model(name)
+    pruner = Pruner(model, x)
+    state = torch.get_rng_state()
+    pruned = pruner.prune(0.5)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(pruned(x), pruner.prune(0.5)(x))
+
+
+@pytest.mark.parametrize("name", ["cnn_cifar10", "vgg16_cifar10", "lstm_imdb", "cartpole_policy"])
+def test_a_saved_pruned_network_of_every_target_loads_back(name, tmp_path):
+    from prune_env.export import load_pruned, save_pruned
+    from target_models import get_target
+
+    torch.manual_seed(0)
+    target = get_target(name)
+    pruner = target.pruner_for(target.build_model())
+    pruned = pruner.prune(0.5).eval()
+    save_pruned(tmp_path / "pruned.pt", pruned, pruner.widths_of(pruned), target=target)
+    x = target.example_input(2)
+    assert torch.equal(load_pruned(tmp_path / "pruned.pt", target)(x), pruned(x))
+
+
+def test_lstm_checkpoints_that_record_two_widths_still_build():
+    assert widths_of(build_lstm((128, 64)), find_prunable_layers(build_lstm(), torch.ones(1, 256, dtype=torch.long))) \
+        == [64, 128, 64]
