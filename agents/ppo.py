@@ -130,6 +130,7 @@ class PPOAgent:
         if env is not None and env is not self.wrapped:
             self.wrapped = env
             self.model.set_env(_rescaled(env))
+            self.model.env.seed(self.hparams["seed"])  # the random criterion's draws follow --seed
         monitored = self.wrapped or self.env
         self.model.measured_by = None if self.workers is None else (self.workers, monitored)
         rollouts = max(1, math.ceil(total_episodes / self.episodes_per_update))

@@ -285,14 +285,14 @@ class PruningEnv(gym.Env):
             raise ResetNeeded("call env.reset() before step(): " + (
                 "the episode is over" if self._t >= self.n_layers else "no episode has started"))
         lo, hi = self._bounds
-        if self._deferred is not None:
+        checked = self._check_scores(action) if self.action_mode == "mask" else self._check_action(action)
+        if self._deferred is not None:  # a rejected action is never replayed
             self._played.append(np.array(action, copy=True))
         if self.action_mode == "mask":
-            scores = self._check_scores(action)
-            self._counts[self._t] = self._clamp(self._t, int((scores >= KEEP_THRESHOLD).sum()), lo, hi)
-            self._kept.append(self._top_scored(scores, int(self._counts[self._t])))
+            self._counts[self._t] = self._clamp(self._t, int((checked >= KEEP_THRESHOLD).sum()), lo, hi)
+            self._kept.append(self._top_scored(checked, int(self._counts[self._t])))
         else:
-            wanted = keep_count(self._check_action(action), int(self.units[self._t]))
+            wanted = keep_count(checked, int(self.units[self._t]))
             self._counts[self._t] = self._clamp(self._t, wanted, lo, hi)
         self._t += 1
         if self._t < self.n_layers:

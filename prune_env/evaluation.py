@@ -129,7 +129,8 @@ class Finetune(EvaluationMode):
         self.target, self.steps, self.seed = target, int(steps), int(seed)
 
     def prepare(self, model: nn.Module) -> None:
-        with torch.random.fork_rng():  # dropout draws from torch's generator: same every time
+        device_type = "mps" if self.target.device.type == "mps" else "cuda"  # its generator is forked too
+        with torch.random.fork_rng(device_type=device_type):  # dropout draws from torch's generator: same each time
             torch.manual_seed(self.seed)
             self.target.finetune(model, seed=self.seed, steps=self.steps)
         model.eval()
