@@ -189,16 +189,15 @@ def test_proxy_fidelity_script_measures_every_mode(isolated_home, tmp_path):
     summary = json.loads((out / "fidelity.json").read_text())
     assert summary["candidates"] == 6  # uniform, l1, ngf and three random allocations
     assert set(summary["modes"]) == {"plain", "adaptive_bn", "finetune"}
-    for mode in summary["modes"].values():
-        assert math.isnan(mode["kendall_tau"]) or -1 <= mode["kendall_tau"] <= 1
     # no batch norm in the policy MLP: adaptive_bn must score exactly as plain
     rows = [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()]
     assert all(r["score_adaptive_bn"] == r["score_plain"] for r in rows)
     assert all(abs(r["flops_ratio"] - 0.5) < 0.02 for r in rows)
     assert all(r["seconds_finetune"] != r["seconds_ground_truth"] for r in rows)  # two timings, not one
     assert "Kendall tau" in result.stdout
-    assert summary["modes"]["plain"]["kendall_tau"] == pytest.approx(
-        kendall_tau([r["score_plain"] for r in rows], [r["metric_finetuned_test"] for r in rows]), nan_ok=True)
+    truth = [r["metric_finetuned_test"] for r in rows]
+    for name, mode in summary["modes"].items():  # each mode's tau is that of its own scores
+        assert mode["kendall_tau"] == pytest.approx(kendall_tau([r[f"score_{name}"] for r in rows], truth), nan_ok=True)
 
 
 @pytest.mark.slow  # three fidelity runs: about 18 s
