@@ -164,8 +164,8 @@ class LSTMType(LayerType):
         rows = None if out_idx is None else torch.cat([out_idx + g * h for g in range(4)])
         w_ih = take(take(module.weight_ih_l0.detach(), rows, 0), in_idx, 1)
         w_hh = take(take(module.weight_hh_l0.detach(), rows, 0), out_idx, 1)
-        new = skip_init(type(module), w_ih.shape[1], w_hh.shape[1], bias=module.bias,
-                        batch_first=module.batch_first)  # no random init: surgery never moves torch's generator
+        with torch.random.fork_rng(devices=[]):  # its random init never moves torch's generator
+            new = type(module)(w_ih.shape[1], w_hh.shape[1], bias=module.bias, batch_first=module.batch_first)
         new.weight_ih_l0.data, new.weight_hh_l0.data = w_ih.clone(), w_hh.clone()
         if module.bias:
             new.bias_ih_l0.data = take(module.bias_ih_l0.detach(), rows, 0).clone()
