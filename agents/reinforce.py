@@ -94,8 +94,7 @@ class BatchReinforce:
     def save(self, path: str | Path) -> None:
         atomic_save({"kind": self.name, "hparams": self.hparams, "n_layers": self.env.n_layers,
                      "state_dict": self.policies.state_dict(), "optimizer": self.optimizer.state_dict(),
-                     "episodes_done": self.episodes_done, "start": self.start, "torch_rng": torch.get_rng_state()},
-                    path)
+                     "episodes_done": self.episodes_done, "start": self.start}, path)
 
     @classmethod
     def load(cls, path: str | Path, env: PruningEnv):
@@ -113,7 +112,8 @@ class BatchReinforce:
         agent.optimizer.load_state_dict(ckpt["optimizer"])
         agent.episodes_done = ckpt["episodes_done"]
         agent.start = ckpt.get("start")
-        torch.set_rng_state(ckpt["torch_rng"])  # the same samples as a run that never stopped
+        if "torch_rng" in ckpt:  # agent files written before the search checkpoint kept every generator's state
+            torch.set_rng_state(ckpt["torch_rng"])
         return agent
 
 
