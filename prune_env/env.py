@@ -499,8 +499,12 @@ class PruningEnv(gym.Env):
         lo = allowed[smallest_int(0, last, lambda i: self._cost_with(t, allowed[i], self.units) >= budget)]
         if lo <= hi:
             return int(lo), int(hi)
-        # the budget falls between two counts: take the one that lands closer to it
-        best = min((hi, lo), key=lambda n: abs(self._cost_with(t, n, self.units) - budget))
+        # the budget falls between two counts: take the one that can land closer to it, hi
+        # with the rest unpruned (its largest cost, still under) and lo with the rest most
+        # pruned (its smallest cost, still over)
+        under = budget - self._cost_with(t, hi, self.units)
+        over = self._cost_with(t, lo, self.min_counts) - budget
+        best = hi if under <= over else lo
         return int(best), int(best)
 
     def _clamp(self, t: int, n: int, lo: int, hi: int) -> int:

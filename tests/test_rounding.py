@@ -83,3 +83,24 @@ def test_scheduled_ngf_rounds_every_round_on_the_cnn():
     _, report = policy.run()
     assert _rounded(report["keep_counts"], env.units, 8)
     assert report["flops_ratio"] <= 0.4 * 1.001  # the rounds fit their plans from below
+
+
+def test_a_budget_between_two_counts_takes_the_count_that_can_land_closer():
+    """When no allowed count of a layer keeps the budget reachable, the clamp takes the count
+    (the one under it or the one over it) whose nearest reachable completion lands closer."""
+    env = tiny_env("cartpole_policy", flops_budget=0.5, round_to=32)
+    env.reset(seed=0)
+    t, rest = 0, env.allowed[1:]
+    checked = 0
+    for budget in np.linspace(0.3, 1.0, 141):
+        env.budget = float(budget)
+        lo, hi = env._count_bounds(t)
+        if lo != hi:
+            continue
+        # every count of layer 0 and how close its best completion can land to the budget
+        def distance(n):
+            costs = [env._cost_with(t, n, np.array([n, *c])) for c in np.array(np.meshgrid(*rest)).T.reshape(-1, len(rest))]
+            return min(abs(c - env.budget_cost) for c in costs)
+        assert distance(lo) <= min(distance(n) for n in env.allowed[t]) + 1e-9, budget
+        checked += 1
+    assert checked > 0
