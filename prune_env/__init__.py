@@ -2,6 +2,7 @@
 
 from gymnasium.envs.registration import register
 
+from prune_env.config import make_env
 from prune_env.env import PruningEnv
 
 ENV_IDS = {
@@ -14,6 +15,6 @@ ENV_IDS = {
 }
 
 for _target, _env_id in ENV_IDS.items():
-    register(id=_env_id, entry_point="prune_env.env:PruningEnv", kwargs={"target": _target})
+    register(id=_env_id, entry_point="prune_env.config:make_env", kwargs={"target": _target})  # the target's config
 
-__all__ = ["ENV_IDS", "PruningEnv"]
+__all__ = ["ENV_IDS", "PruningEnv", "make_env"]

@@ -240,6 +240,9 @@ class ReinforceChannelsConfig:
               f"agent.init {self.init!r} is unknown; choose one of: {', '.join(CHANNEL_INITS)}")
         _fail(self.init_keep is not None and not 0 < self.init_keep < 1,
               f"agent.init_keep must lie in (0, 1), got {self.init_keep}")
+        _fail(self.init in ("global", "best") and self.init_keep is not None and self.init_keep <= 0.5,
+              f"agent.init {self.init!r} starts the units it keeps at agent.init_keep, which must lie in (0.5, 1) "
+              f"(at or below 0.5 the dropped units would be the likelier ones); got {self.init_keep}")
         _fail(self.importance_scale < 0, f"agent.importance_scale must be at least 0, got {self.importance_scale}")
         _fail(self.entropy_coef < 0, f"agent.entropy_coef must be at least 0, got {self.entropy_coef}")
 
@@ -545,3 +548,19 @@ def load_config(target: str, agent: str | None = None, config_file: str | Path |
     """:func:`resolve_config` as plain sections (``env``, ``evaluate``, ``search`` and, with
     an agent, ``agent``), every value filled in: what scripts pass on and record."""
     return resolve_config(target, agent, config_file, overrides).to_dict()
+
+
+def make_env(target: Any = "cartpole_policy", config_file: str | Path | None = None, **kwargs):
+    """A :class:`~prune_env.env.PruningEnv` set up as the scripts set it up: the target's
+    packaged config (then ``config_file``) gives the defaults of every ``env`` key, and
+    ``kwargs`` override them (keys that are not config keys, such as ``model``, go to the
+    env as they are). ``gym.make(prune_env.ENV_IDS[name])`` builds its env this way."""
+    from prune_env.env import PruningEnv
+
+    keys = {f.name for f in fields(EnvConfig)}
+    name = target if isinstance(target, str) else target.name
+    settings = {k: v for k, v in kwargs.items() if k in keys}
+    # a value given as None is a setting (no FLOPs budget, say), not a flag left out
+    config = resolve_config(name, config_file=config_file, overrides={"env": settings}).to_dict()["env"]
+    config.update(settings)
+    return PruningEnv(target, **config, **{k: v for k, v in kwargs.items() if k not in keys})

@@ -63,6 +63,19 @@ def test_registered_ids_make_the_environment():
     assert isinstance(env.unwrapped, PruningEnv) and env.unwrapped.n_layers == 2
 
 
+def test_registered_ids_take_the_targets_config_and_keywords_override_it(tmp_path):
+    """gym.make builds the env the scripts build: the packaged config's settings (CartPole:
+    50 validation episodes, the config's criterion), a --config file over them, keywords over both."""
+    model = get_target("cartpole_policy", limit=4).build_model()
+    configured = gym.make(ENV_IDS["cartpole_policy"], model=model).unwrapped
+    assert configured.val_size == 50 and PruningEnv(model=model).val_size is None
+    override = tmp_path / "mine.yaml"
+    override.write_text("env:\n  criterion: activation\n  val_size: 8\n")
+    env = gym.make(ENV_IDS["cartpole_policy"], model=model, config_file=str(override), val_size=4).unwrapped
+    assert (env.criterion, env.val_size) == ("activation", 4)
+    assert gym.make(ENV_IDS["cartpole_policy"], model=model, flops_budget=None, reward="tradeoff").unwrapped.budget is None
+
+
 def _play(env: PruningEnv, seed: int, actions: list[float]):
     obs, _ = env.reset(seed=seed)
     trajectory, rewards = [obs], []
@@ -286,3 +299,21 @@ def test_evaluate_script_measures_given_widths(pretrained_cartpole, isolated_hom
         [sys.executable, "scripts/evaluate.py", "--target", "cartpole_policy", "--widths", "40", "--out",
          str(tmp_path / "wrong")], cwd=REPO, env=script_env(isolated_home), capture_output=True, text=True, timeout=300)
     assert wrong.returncode == 2 and "--widths: widths [40] do not fit cartpole_policy: give 2 counts" in wrong.stderr
+
+
+def test_a_reports_keep_ratios_at_the_floor_replay_the_same_network():
+    """min_keep 0.1 of a 64-unit layer keeps 6 units: the report says 6/64 < 0.1, and playing
+    that ratio back must be accepted and keep the same 6 units."""
+    env = tiny_env("cartpole_policy", flops_budget=None, reward="tradeoff", min_keep=0.1)
+    env.reset(seed=0)
+    for _ in range(env.n_layers):
+        _, _, terminated, _, info = env.step(np.array([0.0 + 0.1], dtype=np.float32))
+    first = info["report"]
+    assert list(first["keep_counts"]) == [6, 6] and min(first["keep_ratios"]) < 0.1
+    env.reset(seed=0)
+    for ratio in first["keep_ratios"]:
+        _, _, terminated, _, info = env.step(np.array([ratio], dtype=np.float32))
+    assert terminated and list(info["report"]["keep_counts"]) == [6, 6]
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="outside"):
+        env.step(np.array([0.05], dtype=np.float32))
