@@ -449,7 +449,9 @@ class PruningEnv(gym.Env):
         value = float(a.reshape(-1)[0])
         if not np.isfinite(value):
             raise ValueError(f"action must be a finite keep-ratio, got {value}")
-        if not self.min_keep - 1e-6 <= value <= 1.0 + 1e-6:
+        # a report's keep-ratio of a layer at its floor (6/64 at min_keep 0.1) replays too
+        lowest = min(self.min_keep, self.min_counts[self._t] / self.units[self._t])
+        if not lowest - 1e-6 <= value <= 1.0 + 1e-6:
             raise ValueError(f"keep-ratio {value} is outside [min_keep={self.min_keep}, 1]")
         return min(max(value, self.min_keep), 1.0)
 
