@@ -70,6 +70,17 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> fl
     return float(np.abs(got - expected).max())
 
 
+def parity_input(model: nn.Module, example: torch.Tensor) -> torch.Tensor:
+    """A seeded random input shaped like ``example``, to compare an export with ``model``:
+    an all-zeros example never reaches the first layer's weights. Token ids are drawn over
+    the model's vocabulary (its first embedding)."""
+    generator = torch.Generator().manual_seed(0)
+    if example.is_floating_point():
+        return torch.randn(example.shape, generator=generator, dtype=example.dtype)
+    vocab = next((m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)), int(example.max()) + 1)
+    return torch.randint(0, vocab, example.shape, generator=generator, dtype=example.dtype)
+
+
 def export_all(model: nn.Module, base: nn.Module, target: Target, out_dir: str | Path,
                formats: tuple[str, ...] = FORMATS, batch_sizes: tuple[int, ...] = (1, 64),
                measured: dict[int, dict[str, float]] | None = None) -> dict:
@@ -79,7 +90,7 @@ def export_all(model: nn.Module, base: nn.Module, target: Target, out_dir: str |
     reused rather than timed a second time: one figure per network and batch size."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    example = target.example_input(2)
+    example = parity_input(model, target.example_input(2))
     result: dict = {"files": {}, "max_abs_diff": {}}
     for fmt in formats:
         if fmt not in FORMATS:

@@ -13,7 +13,7 @@ import torch
 from agents.base import run_episode
 from agents.search import SearchMonitor, load_agent, make_agent, restore_checkpoint, search
 from prune_env.env import PruningEnv
-from prune_env.export import export_all
+from prune_env.export import export_all, parity_input
 from prune_env.pruner import Pruner
 from target_models import get_target
 from target_models.device import resolve_device
@@ -154,6 +154,18 @@ def test_export_parity_on_every_target(name, tmp_path):
     assert result["max_abs_diff"]["onnx"] < 1e-4
     base_bytes = sum(p.numel() for p in base.parameters()) * 4
     assert (tmp_path / "pruned.onnx").stat().st_size < base_bytes  # physically smaller, not masked
+
+
+def test_export_parity_input_reaches_the_first_layers_weights():
+    """An all-zeros example cannot tell a bias-free first convolution's weights apart; the
+    parity input can, and it draws token ids over the whole vocabulary."""
+    conv = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, bias=False), torch.nn.Flatten())
+    zeros = torch.zeros(2, 3, 8, 8)
+    x = parity_input(conv, zeros)
+    assert x.shape == zeros.shape and torch.equal(x, parity_input(conv, zeros))  # seeded
+    assert conv(zeros).abs().max() == 0 and conv(x).abs().max() > 0
+    tokens = parity_input(torch.nn.Embedding(1000, 8), torch.ones(2, 50, dtype=torch.long))
+    assert tokens.dtype == torch.long and 100 < int(tokens.max()) < 1000
 
 
 def test_episodes_past_the_budget_are_played_but_never_chosen():
