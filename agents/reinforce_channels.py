@@ -58,6 +58,9 @@ def initial_logits(env: PruningEnv, init: str, init_keep: float | None, importan
     if init_keep is not None and not 0 < init_keep < 1:
         raise ValueError(f"init_keep must lie in (0, 1), got {init_keep}")
     if init in ("global", "best"):
+        if init_keep is not None and init_keep <= 0.5:  # the kept units must be the likelier ones
+            raise ValueError(f"init {init!r} starts the units it keeps at init_keep, which must lie in (0.5, 1); "
+                             f"got {init_keep}")
         kept = global_threshold_units(env, env.criterion)
         return logits_keeping(env, kept, 0.9 if init_keep is None else init_keep)
     if init == "keep":

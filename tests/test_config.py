@@ -155,6 +155,8 @@ def test_a_config_file_may_set_null_and_nest_agent_sections(tmp_path):
     ("agent:\n  parents: 16\n", "evolution", "agent.parents must be at least 1 and below agent.population"),
     ("agent:\n  batch_episodes: 1\n", "reinforce_channels",
      "agent.batch_episodes must be at least 2, got 1: REINFORCE normalises rewards within a batch"),
+    ("agent:\n  init: global\n  init_keep: 0.3\n", "reinforce_channels",
+     "agent.init 'global' starts the units it keeps at agent.init_keep, which must lie in (0.5, 1)"),
     ("env: [1\n", None, "is not valid YAML at line 2"),
 ])
 def test_a_bad_config_file_is_named_in_one_line(tmp_path, text, agent, message):
