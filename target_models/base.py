@@ -267,12 +267,14 @@ class SupervisedTarget(Target):
         resume: bool = False,
         show_progress: bool = True,
     ) -> dict:
+        path = self.pretrain_path
+        if resume and epochs is None and path.exists():  # continue the run as it was planned
+            epochs = self.load_checkpoint(path)["meta"].get("epochs_planned")
         cfg = replace(self.train_config, epochs=epochs or self.train_config.epochs)
         torch.manual_seed(cfg.seed)
         model = self.build_model()
         optimizer = make_optimizer(model, cfg)
         progress = TrainProgress()
-        path = self.pretrain_path
         fingerprint = self.data.fingerprint()
         if resume and path.exists():
             ckpt = self.load_checkpoint(path)

@@ -8,6 +8,8 @@ pruned policy visits (DAgger-style), which recovers a pruned policy in seconds.
 
 from __future__ import annotations
 
+import math
+
 import itertools
 import time
 from collections.abc import Sequence
@@ -119,7 +121,9 @@ class CartPolePolicy(Target):
         from stable_baselines3 import PPO
         from stable_baselines3.common.env_util import make_vec_env
 
-        chunks = int(epochs or 15)
+        if resume and epochs is None and self.pretrain_path.exists():  # continue the run as it was planned
+            epochs = self.load_checkpoint(self.pretrain_path)["meta"].get("epochs_planned")
+        chunks = max(1, math.ceil(epochs or 15))  # whole chunks of 10k steps
         ppo_path = home_dir() / "checkpoints" / f"{self.name}.ppo.zip"
         env = make_vec_env(ENV_ID, n_envs=8, seed=0)
         history: list[dict] = []
@@ -155,21 +159,22 @@ class CartPolePolicy(Target):
                 best = {"val_metric": val, "state_dict": {k: v.clone() for k, v in model.state_dict().items()}}
             print(f"{self.name} {ppo.num_timesteps} steps: val mean return {val:.1f}")
             ppo.save(ppo_path)
-            self._save(best, history, complete=False, seconds=time.perf_counter() - start)
+            self._save(best, history, complete=False, seconds=time.perf_counter() - start, planned=chunks)
             if val >= 500 and len(history) >= 5:
                 break
         bar.close()
         model.load_state_dict(best["state_dict"])
         test = evaluate_test(model)
         complete = deadline is None or time.time() < deadline
-        self._save(best, history, complete=complete, seconds=time.perf_counter() - start, test=test)
+        self._save(best, history, complete=complete, seconds=time.perf_counter() - start, test=test,
+                   planned=chunks)
         return self.load_checkpoint(self.pretrain_path)["meta"]
 
     def _save(self, best: dict, history: list[dict], complete: bool, seconds: float,
-              test: float | None = None) -> None:
+              test: float | None = None, planned: int | None = None) -> None:
         self._teacher_model = None  # a new checkpoint: the next fine-tune reloads it
         meta = {"target": self.name, "widths": list(self.default_widths), "complete": complete,
-                "epochs_done": len(history), "metric_name": self.metric_name,
+                "epochs_done": len(history), "epochs_planned": planned, "metric_name": self.metric_name,
                 "val_metric": best["val_metric"], "test_metric": test, "data_fingerprint": ENV_ID,
                 "train_seconds": round(seconds, 1)}
         atomic_save({"state_dict": best["state_dict"], "meta": meta,

@@ -173,6 +173,19 @@ def test_an_interrupted_pretraining_is_finished_before_it_is_pruned(isolated_hom
     assert target.checkpoint_path.stat().st_mtime_ns == before
 
 
+@needs_data
+def test_a_resumed_pretraining_keeps_the_epochs_it_was_planned_with(isolated_home):
+    """--resume without --epochs continues the run as planned (its cosine schedule too), not
+    the config's default epoch count."""
+    target = get_target("cnn_cifar10", limit=300)
+    target.pretrain(epochs=1, show_progress=False)
+    ckpt = torch.load(target.checkpoint_path, weights_only=True)  # as if stopped after 1 of 3 epochs
+    ckpt["meta"].update(complete=False, epochs_planned=3)
+    atomic_save(ckpt, target.checkpoint_path)
+    meta = target.pretrain(resume=True, show_progress=False)
+    assert meta["complete"] and meta["epochs_done"] == 3 and meta["epochs_planned"] == 3
+
+
 def test_missing_corrupt_and_mismatched_checkpoints_give_clear_errors(isolated_home):
     target = get_target("cartpole_policy")
     with pytest.raises(CheckpointError, match="python scripts/pretrain.py --target cartpole_policy"):
