@@ -70,6 +70,9 @@ class ModelTarget(Target):
     def has_checkpoint(self) -> bool:
         return True
 
+    def ensure_pretrained(self, show_progress: bool = True) -> None:
+        """Your network is trained already: nothing to pretrain or finish."""
+
     def example_input(self, batch_size: int = 1) -> torch.Tensor:
         reps = -(-batch_size // len(self._example))
         return self._example.repeat(reps, *([1] * (self._example.dim() - 1)))[:batch_size]

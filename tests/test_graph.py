@@ -204,6 +204,7 @@ def test_keep_layers_stay_whole_besides_the_output_layer_and_rounds_respect_them
     x = torch.randn(8, 3, 32, 32)
     target = ModelTarget(net, x[:1], lambda m: float(m.eval()(x).argmax(1).float().mean()), calibration_inputs=x,
                          keep_layers=["a.0"])
+    target.ensure_pretrained()  # your network is trained: nothing to do (train_agent's step)
     env = PruningEnv(target, flops_budget=0.6, val_size=None)
     names = [g.name for g in env.layers]
     assert "a.0" not in names and "head" not in names and names
