@@ -47,6 +47,12 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
                                      "use --device cpu (or auto)")
     if name == "cuda":
         return torch.device("cuda", torch.cuda.current_device())
+    if kind == "cuda":  # cuda:N
+        index = name.split(":", 1)[1]
+        count = torch.cuda.device_count()
+        if not index.isdigit() or int(index) >= count:
+            raise DeviceUnavailableError(f"--device {device}: this machine has CUDA GPUs cuda:0 to "
+                                         f"cuda:{count - 1}; choose one of them, or cuda")
     return torch.device("mps", 0) if name == "mps" else torch.device(name)
 
 

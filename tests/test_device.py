@@ -39,6 +39,15 @@ def test_a_device_the_machine_lacks_or_an_unknown_one_is_refused():
             resolve_device("mps")
 
 
+def test_a_gpu_index_the_machine_lacks_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a machine with two GPUs
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    for bad in ("cuda:7", "cuda:x"):
+        with pytest.raises(DeviceUnavailableError, match="cuda:0 to cuda:1; choose one of them"):
+            resolve_device(bad)
+
+
 def test_autocast_suits_the_device():
     cpu = torch.device("cpu")
     assert autocast_dtype(cpu) == torch.bfloat16 and not needs_grad_scaler(cpu, True)
