@@ -8,9 +8,8 @@ pruned policy visits (DAgger-style), which recovers a pruned policy in seconds.
 
 from __future__ import annotations
 
-import math
-
 import itertools
+import math
 import time
 from collections.abc import Sequence
 
