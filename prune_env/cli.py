@@ -11,6 +11,7 @@ from pathlib import Path
 
 from prune_env.config import ConfigError
 from prune_env.cost import TIMING_STATISTICS
+from prune_env.env import UnreachableBudgetError
 from target_models import (
     TARGETS,
     CheckpointError,
@@ -198,6 +199,18 @@ def check_budget_reachable(target: Target, budget: float | None, min_keep: float
                          f"on {target.name}; choose a budget of at least {lowest:.3f} or a smaller min_keep")
 
 
+def check_latency_budget(target: Target, env_config: dict) -> None:
+    """Refuse a latency budget on a network the latency table cannot cover (one pruned
+    through a dependency graph, such as the ResNets), before any work starts."""
+    from prune_env.pruner import Pruner
+
+    if env_config.get("latency_budget") is None:
+        return
+    if not isinstance(target.pruner_for(target.build_model()), Pruner):
+        raise UsageError(f"--latency-budget: the latency table covers sequential networks only, and {target.name} "
+                         "is pruned through a dependency graph; give it a --flops-budget instead")
+
+
 def refuse_latency_budget(config: dict, script: str) -> None:
     """Scripts that work at FLOPs budgets only refuse a latency budget from any source."""
     if config["env"].get("latency_budget") is not None:
@@ -249,7 +262,7 @@ def target_from_args(args: argparse.Namespace) -> Target:
 
 
 USER_ERRORS = (UnknownTargetError, CheckpointError, DataUnavailableError, DeviceUnavailableError, UsageError,
-               ConfigError, FileNotFoundError)
+               ConfigError, FileNotFoundError, UnreachableBudgetError)
 """Errors caused by the user's input: :func:`run_main` reports them in one line, exit status 2."""
 
 

@@ -39,7 +39,9 @@ def lstm_flop_jit(inputs, outputs) -> int:
 
 def count_flops(model: nn.Module, example: torch.Tensor) -> int:
     """fvcore's FLOP count of ``model`` on ``example`` (eval mode), LSTM included."""
-    from fvcore.nn import FlopCountAnalysis
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # its import calls torch.jit.script, deprecated in torch 2.x
+        from fvcore.nn import FlopCountAnalysis
 
     was_training = model.training
     model.eval()

@@ -59,6 +59,10 @@ def mask_scores(mask: np.ndarray, probs: np.ndarray) -> np.ndarray:
     return np.where(mask > 0.5, KEEP_THRESHOLD + 0.5 * probs, 0.4999 * probs).astype(np.float32)
 
 
+class UnreachableBudgetError(ValueError):
+    """A budget below what the smallest network the env may build (``min_keep``, ``round_to``) costs."""
+
+
 class PruningEnv(gym.Env):
     """Prune a pretrained target network layer by layer; reward at the end.
 
@@ -230,8 +234,10 @@ class PruningEnv(gym.Env):
         lowest = self.cost(self.min_counts) / self.cost_base
         if self.budget is not None and lowest > self.budget * 1.001:
             kind = "latency_budget" if latency_budget is not None else "flops_budget"
-            raise ValueError(f"{kind} {self.budget} is below what min_keep={min_keep}"
-                             f"{f' and round_to={self.round_to}' if self.round_to else ''} allow ({lowest:.3f})")
+            raise UnreachableBudgetError(
+                f"{kind} {self.budget} is below what min_keep={min_keep}"
+                f"{f' and round_to={self.round_to}' if self.round_to else ''} allow ({lowest:.3f}); "
+                f"choose a budget of at least {lowest:.3f} or a smaller min_keep")
         self.metric_scale = float(self.target.metric_scale)
         self.evaluation = make_evaluation(evaluation, self.target, bn_calibration_size, finetune_steps)
         self.val_size = val_size

@@ -23,6 +23,7 @@ from prune_env.cli import (
     add_evaluation_arguments,
     add_target_arguments,
     check_at_least,
+    check_latency_budget,
     evaluation_overrides,
     make_parser,
     run_main,
@@ -52,6 +53,7 @@ def main() -> None:
     config = load_config(args.target, overrides={"env": evaluation_overrides(args)})["env"]
     agent_config = None if args.agent == "random" else load_config(args.target, args.agent)["agent"]
     target = target_from_args(args)
+    check_latency_budget(target, config)
     started = time.perf_counter()
     action_mode = "ratio" if args.agent == "random" else action_mode_of(args.agent)
     env = PruningEnv(target, model=target.build_model() if args.untrained else None, **config,

@@ -26,6 +26,7 @@ from prune_env.cli import (
     check_at_least,
     check_budget_reachable,
     check_fraction,
+    check_latency_budget,
     check_out_folder,
     evaluation_overrides,
     make_parser,
@@ -104,6 +105,7 @@ def main() -> None:
     target = target_from_args(args)
     check_budget_reachable(target, config["env"]["flops_budget"], config["env"]["min_keep"],
                            round_to=config["env"].get("round_to"))
+    check_latency_budget(target, config["env"])
     started = time.perf_counter()
     if args.widths is not None:
         env = PruningEnv(target, **config["env"])

@@ -32,6 +32,7 @@ from prune_env.cli import (
     check_at_least,
     check_budget_reachable,
     check_fraction,
+    check_latency_budget,
     evaluation_overrides,
     make_parser,
     prepare_run_folder,
@@ -97,6 +98,7 @@ def main() -> None:
     target = target_from_args(args)
     check_budget_reachable(target, config["env"].get("flops_budget"), config["env"].get("min_keep", 0.1),
                            round_to=config["env"].get("round_to"))
+    check_latency_budget(target, config["env"])
     prepare_run_folder(out, args.resume, args.force)
     report = train_and_report(TrainRun(target=target, agent=args.agent, config=config, out=out,
                                        seed=args.seed, resume=args.resume, export=not args.no_export,

@@ -107,6 +107,9 @@ MISTAKES = [
      "--resume continues the checkpoint and --force replaces it; pass one of them"),
     ("pretrain-epochs-0", ["scripts/pretrain.py", *CARTPOLE, "--epochs", "0"], "--epochs must be above 0, got 0.0"),
     ("device-unknown", ["scripts/pretrain.py", *CARTPOLE, "--device", "tpu"], "unknown device 'tpu'; choose one of"),
+    ("latency-budget-on-a-resnet", ["scripts/train_agent.py", "--target", "resnet56_cifar10", "--limit", "64",
+                                    "--latency-budget", "0.5", "--out", "{w}/new"],
+     "the latency table covers sequential networks only, and resnet56_cifar10 is pruned through a dependency graph"),
     *([] if torch.cuda.is_available() else [
         ("device-missing", [*TRAIN, "--device", "cuda", "--out", "{w}/new"], "this machine has no CUDA GPU")]),
 ]

@@ -160,6 +160,15 @@ def test_heuristics_meet_a_latency_budget(name, synthetic_table):
     assert report["flops_ratio"] < 1.0
 
 
+def test_an_unreachable_latency_budget_is_a_user_error_that_says_what_to_do(synthetic_table):
+    from prune_env.cli import USER_ERRORS
+    from prune_env.env import UnreachableBudgetError
+
+    with pytest.raises(UnreachableBudgetError, match="choose a budget of at least") as caught:
+        tiny_env("cartpole_policy", flops_budget=None, latency_budget=0.001)
+    assert isinstance(caught.value, USER_ERRORS)  # the scripts print it in one line, exit status 2
+
+
 def test_bad_latency_budgets_and_networks_give_clear_errors():
     with pytest.raises(ValueError, match="either a flops_budget or a latency_budget"):
         tiny_env("cartpole_policy", flops_budget=0.5, latency_budget=0.5)
