@@ -114,6 +114,7 @@ def main() -> None:
     refuse_latency_budget(config, "compare.py")
     target = target_from_args(args)
     check_budget_reachable(target, min(budgets), config["env"]["min_keep"], flag="--flops-budgets", round_to=config["env"].get("round_to"))
+    target.ensure_pretrained(start=False)  # an interrupted pretraining is finished, not pruned half-trained
     compare(target, config, budgets, list(range(args.seeds)), out, heuristics=heuristics,
             train_agents=agents, agent_configs=agent_configs, agent_budgets=agent_budgets,
             runs=[Path(r) for r in args.runs], resume=args.resume, parallel=parallel)

@@ -106,6 +106,7 @@ def main() -> None:
     check_budget_reachable(target, config["env"]["flops_budget"], config["env"]["min_keep"],
                            round_to=config["env"].get("round_to"))
     check_latency_budget(target, config["env"])
+    target.ensure_pretrained(start=False)  # an interrupted pretraining is finished, not pruned half-trained
     started = time.perf_counter()
     if args.widths is not None:
         env = PruningEnv(target, **config["env"])

@@ -83,6 +83,7 @@ def main() -> None:
                 rounding = f" and --round-to {round_to}" if round_to else ""
                 raise UsageError(f"--latency-budgets {min(budgets)} is below the {lowest:.3f} that min_keep="
                                  f"{config['env']['min_keep']}{rounding} allow at batch {batch}; choose larger budgets")
+    target.ensure_pretrained(start=False)  # an interrupted pretraining is finished, not pruned half-trained
     out = Path(args.out)
     runs = run_arms(target, config, args.agent, budgets, batches, list(range(args.seeds)), out, args.round_to)
     print("timing every network (PyTorch and onnxruntime)...")

@@ -98,6 +98,7 @@ def main() -> None:
         missing = [str(f) for f in folders if not f.is_dir()]
         if missing:
             raise UsageError(f"no such run folder: {', '.join(missing)}")
+        target.ensure_pretrained(start=False)  # an interrupted pretraining is finished, not pruned half-trained
         summary = rescore_runs(target, config["env"], args.flops_budget, folders, Path(args.out), modes=modes)
         print(format_summary(summary))
         print(f"wrote {args.out}/fidelity.json, candidates.csv")
@@ -108,6 +109,7 @@ def main() -> None:
     target = target_from_args(args)
     check_budget_reachable(target, args.flops_budget, config["env"]["min_keep"],
                            round_to=config["env"].get("round_to"))
+    target.ensure_pretrained(start=False)  # an interrupted pretraining is finished, not pruned half-trained
     summary = proxy_fidelity(target, config["env"], args.flops_budget, args.candidates, Path(args.out),
                              finetune_epochs=config["evaluate"]["finetune_epochs"], modes=modes, seed=args.seed,
                              criteria=criteria)

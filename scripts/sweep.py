@@ -73,6 +73,7 @@ def main() -> None:
     for m in set(methods) - set(todo):
         print(f"{m}: finished in {folders[m]}, skipped (--resume)")
     target = target_from_args(args)
+    target.ensure_pretrained(start=False)  # an interrupted pretraining is finished, not pruned half-trained
     tasks = RunTasks(parallelism_from_args(args))
     handles = [tasks.submit(sweep, target, m, fractions, folders[m], args.finetune_epochs, args.tolerance,
                             args.max_drop) for m in todo]

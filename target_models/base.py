@@ -163,10 +163,13 @@ class Target(ABC):
     def has_checkpoint(self) -> bool:
         return self.checkpoint_path.exists()
 
-    def ensure_pretrained(self, show_progress: bool = True) -> None:
-        """Pretrain when there is no checkpoint, and finish a pretraining that was interrupted
-        (the project's own checkpoint only: a ``--checkpoint`` file you brought is used as it is)."""
+    def ensure_pretrained(self, show_progress: bool = True, start: bool = True) -> None:
+        """Pretrain when there is no checkpoint (``start``), and finish a pretraining that was
+        interrupted (the project's own checkpoint only: a ``--checkpoint`` file you brought is
+        used as it is)."""
         if not self.has_checkpoint():
+            if not start:
+                return
             print(f"{self.name} has no pretrained checkpoint yet ({self.checkpoint_path}); pretraining it first.")
             self.pretrain(show_progress=show_progress)
         elif self.checkpoint is None and self.checkpoint_path == checkpoint_path(self.name):

@@ -70,7 +70,7 @@ class ModelTarget(Target):
     def has_checkpoint(self) -> bool:
         return True
 
-    def ensure_pretrained(self, show_progress: bool = True) -> None:
+    def ensure_pretrained(self, show_progress: bool = True, start: bool = True) -> None:
         """Your network is trained already: nothing to pretrain or finish."""
 
     def example_input(self, batch_size: int = 1) -> torch.Tensor:

@@ -161,11 +161,13 @@ def test_pretrain_script_writes_a_checkpoint_and_resumes(isolated_home):
 @needs_data
 def test_an_interrupted_pretraining_is_finished_before_it_is_pruned(isolated_home):
     target = get_target("cnn_cifar10", limit=300)
+    target.ensure_pretrained(show_progress=False, start=False)  # the scripts that prune: never start one
+    assert not target.has_checkpoint()
     target.pretrain(epochs=1, show_progress=False)
     ckpt = torch.load(target.checkpoint_path, weights_only=True)  # as if stopped after 1 of 2 epochs
     ckpt["meta"].update(complete=False, epochs_planned=2)
     atomic_save(ckpt, target.checkpoint_path)
-    target.ensure_pretrained(show_progress=False)
+    target.ensure_pretrained(show_progress=False, start=False)  # but finish one
     meta = torch.load(target.checkpoint_path, weights_only=True)["meta"]
     assert meta["complete"] and meta["epochs_done"] == 2
     before = target.checkpoint_path.stat().st_mtime_ns
