@@ -13,7 +13,9 @@ Writes OUT/report.json and OUT/config.json and prints a short table.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 from agents import HEURISTICS, check_policy, make_policy, saved_run
 from agents.base import prune_with
@@ -36,6 +38,7 @@ from prune_env.cli import (
 from prune_env.config import load_config
 from prune_env.env import PruningEnv
 from prune_env.importance import CRITERIA
+from target_models.checkpoints import find_checkpoint
 
 
 def parse_widths(text: str) -> list[int]:
@@ -95,6 +98,14 @@ def main() -> None:
     if trained_on not in (None, args.target):
         raise UsageError(f"--policy {args.policy} is a run on {trained_on}, not {args.target}: pass --target "
                          f"{trained_on}, or a run of {args.target}")
+    recorded = run["config"].get("checkpoint") if run else None
+    if recorded is not None and args.checkpoint is None:  # the pretrained network the run pruned
+        if Path(recorded).expanduser().is_file():
+            if Path(recorded).expanduser().resolve() != find_checkpoint(args.target).resolve():
+                args.checkpoint = recorded
+        else:
+            print(f"warning: the run pruned {recorded}, which is not a file here; using this machine's "
+                  f"{args.target} checkpoint instead (pass --checkpoint to choose)", file=sys.stderr)
     run_env = {k: v for k, v in (run["config"].get("env", {}) if run else {}).items() if k in flags}
     if args.flops_budget is not None or args.latency_budget is not None:  # the flag's budget, of either kind
         run_env = {k: v for k, v in run_env.items() if k not in ("flops_budget", "latency_budget")}
@@ -133,7 +144,8 @@ def main() -> None:
     report["policy_mode"] = policy_mode
     if policy_mode == "run_best":
         print(f"rebuilt the best network of {args.policy} (its keep-ratios at its own budget)")
-    config.update(target=target.name, policy=args.policy or policy.name, seed=args.seed)
+    config.update(target=target.name, policy=args.policy or policy.name, seed=args.seed,
+                  checkpoint=str(target.checkpoint_path.resolve()))
     path = write_report(args.out, report, config)
     print(format_report(report))
     print(f"wrote {path}")

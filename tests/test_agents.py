@@ -143,6 +143,37 @@ def test_a_trained_run_exports_and_evaluates(isolated_home, tmp_path):
     assert elsewhere["policy_mode"] == "deterministic" and abs(elsewhere["flops_ratio"] - 0.3) <= 0.01
 
 
+def test_evaluate_rebuilds_a_run_on_the_checkpoint_the_run_pruned(isolated_home, tmp_path):
+    """A run made with a checkpoint of its own (--checkpoint, $PRUNE_ENV_CHECKPOINTS) is
+    rebuilt on that checkpoint, not on this machine's default one."""
+    import shutil
+
+    cartpole = get_target("cartpole_policy")  # an untrained policy saved as finished: no PPO needed here
+    cartpole._save({"val_metric": 0.0, "state_dict": cartpole.build_model().state_dict()}, [], complete=True,
+                   seconds=0.0)
+    mine = tmp_path / "mine.pt"
+    shutil.copy(cartpole.checkpoint_path, mine)
+    run = tmp_path / "run"
+    (run / "checkpoint").mkdir(parents=True)
+    torch.save({"kind": "random_search"}, run / "checkpoint" / "agent_random_search.pt")
+    (run / "config.json").write_text(json.dumps({"target": "cartpole_policy", "agent_kind": "random_search",
+                                                 "env": {"flops_budget": 0.5}, "checkpoint": str(mine)}))
+    (run / "report.json").write_text(json.dumps({"target": "cartpole_policy", "keep_ratios": [0.5, 0.5]}))
+    evaluated = subprocess.run(
+        [sys.executable, "scripts/evaluate.py", "--target", "cartpole_policy", "--policy", str(run),
+         "--finetune-epochs", "0", "--val-size", "4", "--out", str(tmp_path / "ev")],
+        cwd=REPO, env=script_env(isolated_home), capture_output=True, text=True, timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    config = json.loads((tmp_path / "ev" / "config.json").read_text())
+    assert config["checkpoint"] == str(mine.resolve())
+    mine.unlink()  # gone: this machine's own checkpoint, with a warning
+    again = subprocess.run(
+        [sys.executable, "scripts/evaluate.py", "--target", "cartpole_policy", "--policy", str(run),
+         "--finetune-epochs", "0", "--val-size", "4", "--out", str(tmp_path / "ev2")],
+        cwd=REPO, env=script_env(isolated_home), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and f"the run pruned {mine}, which is not a file here" in again.stderr
+
+
 @pytest.mark.parametrize("name", ["cnn_cifar10", "vgg16_cifar10", "lstm_imdb", "cartpole_policy"])
 def test_export_parity_on_every_target(name, tmp_path):
     target = get_target(name)
