@@ -123,7 +123,10 @@ def _train_on_device(model, x, y, to_batch, loss_fn, cfg, *, optimizer, progress
     try:
         while done < total_steps:
             order = np.random.default_rng(cfg.seed * 100_003 + progress.epoch).permutation(len(y))
-            rng = np.random.default_rng((cfg.seed, progress.epoch, progress.step))
+            rng = np.random.default_rng((cfg.seed, progress.epoch, 0))
+            for skipped in range(progress.step):  # a resumed epoch: draw what its first steps drew
+                idx = order[skipped * cfg.batch_size:(skipped + 1) * cfg.batch_size]
+                to_batch(x[idx], y[idx], True, rng)
             while progress.step < steps_per_epoch and done < total_steps:
                 if deadline is not None and time.time() >= deadline:
                     raise TimeoutError

@@ -92,8 +92,9 @@ def test_interrupted_training_resumes_to_the_same_weights():
     x = rng.normal(size=(200, 4)).astype(np.float32)
     y = (x[:, 0] > 0).astype(np.int64)
 
-    def to_batch(xb, yb, augment, r):
-        return torch.from_numpy(xb), torch.from_numpy(yb)
+    def to_batch(xb, yb, augment, r):  # an augmentation that draws from the epoch's generator
+        noise = r.normal(scale=0.1, size=xb.shape).astype(np.float32) if augment else 0.0
+        return torch.from_numpy(xb + noise), torch.from_numpy(yb)
 
     loss = torch.nn.functional.cross_entropy
     cfg = TrainConfig(epochs=2, batch_size=32, lr=0.01)
