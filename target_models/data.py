@@ -94,7 +94,8 @@ def _load_raw_split(source: DataSource, split: str, data_dir: Path | None):
         if not files:
             raise DataUnavailableError(
                 f"no {split}-*.parquet files for {source.hub_id} under "
-                f"{data_dir / source.local_subdir}; fix --data-dir / {DATA_DIR_ENV}"
+                f"{data_dir / source.local_subdir}; fix --data-dir / {DATA_DIR_ENV}, or unset {DATA_DIR_ENV} "
+                f"to load it from the hub"
             )
         ds = datasets.Dataset.from_parquet([str(f) for f in files], cache_dir=str(_cache_dir() / "hf"))
     else:
