@@ -139,8 +139,10 @@ class Target(ABC):
             )
         return ckpt
 
-    def load_pretrained(self) -> nn.Module:
-        """The pretrained network in eval mode, with a clear error if it cannot be loaded."""
+    def load_pretrained(self, check_data: bool = True) -> nn.Module:
+        """The pretrained network in eval mode, with a clear error if it cannot be loaded.
+        ``check_data`` warns when it was trained on other data than this target loads (it
+        loads the data; work that needs none, such as exporting, turns it off)."""
         ckpt = self.load_checkpoint()
         meta = ckpt["meta"]
         model = self.build_model(meta.get("widths"))
@@ -151,7 +153,8 @@ class Target(ABC):
                 f"checkpoint {self.checkpoint_path} does not fit the {self.name} architecture ({exc}). "
                 f"Make it again with: {self.pretrain_command()}"
             ) from exc
-        self._check_data_fingerprint(meta)
+        if check_data:
+            self._check_data_fingerprint(meta)
         if not meta.get("complete", False):
             warnings.warn(
                 f"{self.checkpoint_path} is from an unfinished pretraining "

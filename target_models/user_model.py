@@ -64,7 +64,7 @@ class ModelTarget(Target):
             return copy.deepcopy(self._model)
         return self.pruner_for(self._model).shape_of(widths)
 
-    def load_pretrained(self) -> nn.Module:
+    def load_pretrained(self, check_data: bool = True) -> nn.Module:
         return self._model
 
     def has_checkpoint(self) -> bool:

@@ -207,6 +207,20 @@ def test_missing_corrupt_and_mismatched_checkpoints_give_clear_errors(isolated_h
         target.load_pretrained()
 
 
+def test_a_checkpoint_loads_without_its_data_when_no_data_is_needed(isolated_home, tmp_path):
+    """Exporting needs no data: the data-fingerprint check, which loads the data set (from
+    the hub when no local copy is set), is skipped there."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    target = get_target("cnn_cifar10", data_dir=empty)
+    atomic_save({"state_dict": target.build_model().state_dict(),
+                 "meta": {"target": "cnn_cifar10", "complete": True, "data_fingerprint": "elsewhere"}},
+                target.checkpoint_path)
+    assert target.load_pretrained(check_data=False) is not None
+    with pytest.raises(DataUnavailableError, match="unset PRUNE_ENV_DATA_DIR to load it from the hub"):
+        target.load_pretrained()
+
+
 def test_scripts_reject_bad_input_with_one_line(isolated_home):
     bad_target = _run(["scripts/inspect_target.py", "--target", "nope"], isolated_home, check=False)
     assert bad_target.returncode == 2 and "unknown target 'nope'" in bad_target.stderr
