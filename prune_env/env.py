@@ -243,7 +243,9 @@ class PruningEnv(gym.Env):
         self.val_size = val_size
         self._evaluate = self.target.evaluator("val", val_size)
         self.metric_base = self._evaluate(self.model)
-        self._cache: dict[tuple, dict[str, Any]] | None = {} if cache and criterion != "random" else None
+        # a random criterion draws other units each episode, unless the actions choose the units (mask mode)
+        self._cache: dict[tuple, dict[str, Any]] | None = (
+            {} if cache and (criterion != "random" or action_mode == "mask") else None)
         self.cache_hits = self.cache_misses = 0
         self._layer_flops_base = self.flop_model.layer_flops(self.units) / self.flops_base
         self._static = self._static_features()

@@ -317,3 +317,18 @@ def test_a_reports_keep_ratios_at_the_floor_replay_the_same_network():
     env.reset(seed=0)
     with pytest.raises(ValueError, match="outside"):
         env.step(np.array([0.05], dtype=np.float32))
+
+
+def test_mask_actions_are_cached_whatever_the_criterion():
+    """In mask mode the actions choose the units, so the same masks are the same network even
+    with the random criterion (which otherwise turns the cache off)."""
+    env = tiny_env("cartpole_policy", flops_budget=None, reward="tradeoff", action_mode="mask", criterion="random")
+    masks = [np.r_[np.ones(32), np.zeros(32)].astype(np.float32)] * env.n_layers
+    reports = []
+    for seed in (0, 1):
+        env.reset(seed=seed)
+        for mask in masks:
+            _, _, terminated, _, info = env.step(mask)
+        reports.append(info["report"])
+    assert (env.cache_hits, env.cache_misses) == (1, 1)
+    assert reports[0]["reward"] == reports[1]["reward"]
