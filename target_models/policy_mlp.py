@@ -8,6 +8,7 @@ pruned policy visits (DAgger-style), which recovers a pruned policy in seconds.
 
 from __future__ import annotations
 
+import io
 import itertools
 import math
 import time
@@ -21,7 +22,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from target_models.base import Evaluator, Target
-from target_models.checkpoints import atomic_save, home_dir
+from target_models.checkpoints import atomic_save, atomic_write_bytes, home_dir
 
 ENV_ID = "CartPole-v1"
 SEEDS = {"val": 10_000, "test": 0, "train": 20_000}
@@ -157,7 +158,9 @@ class CartPolePolicy(Target):
             if val >= best["val_metric"]:
                 best = {"val_metric": val, "state_dict": {k: v.clone() for k, v in model.state_dict().items()}}
             print(f"{self.name} {ppo.num_timesteps} steps: val mean return {val:.1f}")
-            ppo.save(ppo_path)
+            buffer = io.BytesIO()
+            ppo.save(buffer)
+            atomic_write_bytes(ppo_path, buffer.getvalue())  # never half a PPO file to resume from
             self._save(best, history, complete=False, seconds=time.perf_counter() - start, planned=chunks)
             if val >= 500 and len(history) >= 5:
                 break
