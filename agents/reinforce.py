@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from agents.allocation import meet_budget
 from agents.parallel import play_episodes
 from prune_env.env import PruningEnv
 from target_models.checkpoints import CheckpointError, atomic_save
@@ -139,7 +140,7 @@ class LayerPolicy(nn.Module):
     def __init__(self, obs_dim: int, hidden: int = 32, init_keep: float = 0.6, min_keep: float = 0.1):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(obs_dim, hidden), nn.Tanh(), nn.Linear(hidden, 1))
-        p = (init_keep - min_keep) / (1 - min_keep)
+        p = float(np.clip((init_keep - min_keep) / (1 - min_keep), 0.02, 0.98))
         with torch.no_grad():
             self.net[2].weight.mul_(0.1)
             self.net[2].bias.fill_(float(np.log(p / (1 - p))))
@@ -147,6 +148,15 @@ class LayerPolicy(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.distributions.Normal:
         return torch.distributions.Normal(self.net(obs).squeeze(-1), self.log_std.exp())
+
+
+def starting_keep_ratios(env: PruningEnv, init_keep: float | None) -> np.ndarray:
+    """The keep-ratio each layer's untrained policy chooses on average: ``init_keep`` in
+    every layer, or (``None``) the budget's uniform keep-ratio, so that the first episodes
+    spend the budget evenly instead of leaving the budget clamp to fill the last layers."""
+    if init_keep is not None:
+        return np.full(env.n_layers, init_keep)
+    return meet_budget(env, np.ones(env.n_layers))
 
 
 class ReinforceLayerAgents(BatchReinforce):
@@ -160,7 +170,7 @@ class ReinforceLayerAgents(BatchReinforce):
         learning_rate: float = 3e-3,
         batch_episodes: int = 8,
         hidden: int = 32,
-        init_keep: float = 0.6,
+        init_keep: float | None = 0.6,
         entropy_coef: float = 0.0,
         seed: int = 0,
     ):
@@ -168,7 +178,8 @@ class ReinforceLayerAgents(BatchReinforce):
                    "init_keep": init_keep, "entropy_coef": entropy_coef, "seed": seed}
         torch.manual_seed(seed)
         obs_dim = env.observation_space.shape[0]
-        policies = nn.ModuleList(LayerPolicy(obs_dim, hidden, init_keep, env.min_keep) for _ in range(env.n_layers))
+        policies = nn.ModuleList(LayerPolicy(obs_dim, hidden, float(keep), env.min_keep)
+                                 for keep in starting_keep_ratios(env, init_keep))
         super().__init__(env, policies, hparams)
 
     def _distribution(self, layer, obs):

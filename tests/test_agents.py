@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from agents.base import run_episode
+from agents.heuristics import UniformPolicy
 from agents.search import SearchMonitor, load_agent, make_agent, restore_checkpoint, search
 from prune_env.env import PruningEnv
 from prune_env.export import export_all, parity_input
@@ -236,3 +237,17 @@ def test_a_resume_with_fewer_episodes_or_other_settings_is_refused(tmp_path):
         refuse_changed_settings(path, {**saved, "search": {"episodes": 8}})
     with pytest.raises(UsageError, match="other settings .*env.flops_budget"):
         refuse_changed_settings(path, {**saved, "env": {"flops_budget": 0.4}})
+
+
+def test_reinforce_starting_at_the_budgets_uniform_ratio_leaves_no_layer_to_the_clamp():
+    """init_keep None starts every layer's policy at the budget's uniform keep-ratio; a fixed
+    0.6 under-spends the budget early and the clamp fills the last layer to 1.0."""
+    env = toy_env(layers=4, budget=0.5)
+    uniform = UniformPolicy(env).plan()
+    starting = make_agent("reinforce", env, {"init_keep": None}, seed=0)
+    played = run_episode(env, starting, seed=0, deterministic=True)["keep_ratios"]
+    np.testing.assert_allclose(played, uniform, atol=0.05)
+    assert max(played) < 0.9
+    fixed = run_episode(env, make_agent("reinforce", env, {"init_keep": 0.6}, seed=0), seed=0,
+                        deterministic=True)["keep_ratios"]
+    assert fixed[-1] > 0.9 and max(fixed[:-1]) <= 0.7
