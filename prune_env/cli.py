@@ -108,11 +108,15 @@ def device_name(name: str) -> str:
 
 
 def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--evaluation``, ``--bn-calibration-size`` and ``--finetune-steps`` (override the config)."""
+    """``--evaluation``, ``--val-size``, ``--bn-calibration-size``, ``--finetune-steps``, the latency
+    budget's and ``--round-to`` (override the config)."""
     from prune_env.evaluation import EVALUATIONS
 
     parser.add_argument("--evaluation", default=None, choices=list(EVALUATIONS),
                         help="how a candidate is prepared before it is measured (default: the target's config)")
+    parser.add_argument("--val-size", type=int, default=None,
+                        help="validation examples per measurement: more read less noisy, at more time per "
+                             "episode (default: the target's config)")
     parser.add_argument("--bn-calibration-size", type=int, default=None,
                         help="training examples that re-estimate batch-norm statistics, adaptive_bn "
                              "(default: the target's config)")
@@ -139,13 +143,14 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
 
 def evaluation_overrides(args: argparse.Namespace) -> dict:
     """The ``env`` config entries the evaluation and rounding flags set (None where not given)."""
+    check_at_least("--val-size", args.val_size, 1)
     check_at_least("--bn-calibration-size", args.bn_calibration_size, 2)
     check_at_least("--finetune-steps", args.finetune_steps, 1)
     check_at_least("--round-to", args.round_to, 1)
     check_at_least("--latency-batch-size", args.latency_batch_size, 1)
     check_at_least("--latency-table-rounds", args.latency_table_rounds, 1)
     check_fraction("--latency-budget", args.latency_budget)
-    return {"evaluation": args.evaluation, "bn_calibration_size": args.bn_calibration_size,
+    return {"evaluation": args.evaluation, "val_size": args.val_size, "bn_calibration_size": args.bn_calibration_size,
             "finetune_steps": args.finetune_steps, "round_to": args.round_to, "latency_budget": args.latency_budget,
             "latency_batch_size": args.latency_batch_size, "latency_engine": args.latency_engine,
             "latency_statistic": args.latency_statistic, "latency_table_rounds": args.latency_table_rounds}

@@ -60,8 +60,6 @@ def build_parser() -> argparse.ArgumentParser:
                              "before measuring it (default: the target's config, 0: off)")
     parser.add_argument("--finetune-epochs", type=float, default=None,
                         help="fine-tuning before the test split (default: the target's config)")
-    parser.add_argument("--val-size", type=int, default=None,
-                        help="validation examples (episodes) per measurement (default: the target's config)")
     parser.add_argument("--config", default=None,
                         help="a YAML file overriding the packaged prune_env/configs/<target>.yaml and "
                              "<agent>.yaml; flags override it (default: none)")
@@ -82,7 +80,6 @@ def main() -> None:
     check_at_least("--reselect-top", args.reselect_top, 0)
     check_at_least("--reselect-steps", args.reselect_steps, 0)
     check_at_least("--finetune-epochs", args.finetune_epochs, 0)
-    check_at_least("--val-size", args.val_size, 1)
     out = check_out_folder(args.out, ("results.csv", "runs.csv"), args.force or args.resume)
     parallel = parallelism_from_args(args)
     missing = [r for r in args.runs if not (Path(r) / "report.json").is_file()]
@@ -105,7 +102,7 @@ def main() -> None:
     agents = tuple(a for a in args.train_agents.split(",") if a)
     if set(agents) - set(AGENTS):
         raise UsageError(f"unknown agents {sorted(set(agents) - set(AGENTS))}; choose from {', '.join(AGENTS)}")
-    overrides = {"env": {"val_size": args.val_size, **evaluation_overrides(args)},
+    overrides = {"env": evaluation_overrides(args),
                  "search": {"episodes": args.episodes, "reselect_top": args.reselect_top,
                             "reselect_finetune_steps": args.reselect_steps},
                  "evaluate": {"finetune_epochs": args.finetune_epochs}}

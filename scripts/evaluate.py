@@ -70,8 +70,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seeds the policy and its episode")
     parser.add_argument("--criterion", default=None, choices=list(CRITERIA),
                         help="which units of a layer go (default: the policy's own, else the target's config)")
-    parser.add_argument("--val-size", type=int, default=None,
-                        help="validation examples (episodes) per measurement (default: the target's config)")
     parser.add_argument("--config", default=None,
                         help="a YAML file overriding the packaged prune_env/configs/<target>.yaml; flags override "
                              "it (default: none)")
@@ -84,15 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main() -> None:
     args = build_parser().parse_args()
     check_fraction("--flops-budget", args.flops_budget)
-    check_at_least("--val-size", args.val_size, 1)
     check_at_least("--finetune-epochs", args.finetune_epochs, 0)
     check_at_least("--seed", args.seed, 0)
     check_at_least("--rounds", args.rounds, 1)
     check_out_folder(args.out, ("report.json",), args.force)
     if args.policy is not None:
         check_policy(args.policy)
-    flags = {"flops_budget": args.flops_budget, "criterion": args.criterion, "val_size": args.val_size,
-             **evaluation_overrides(args)}
+    flags = {"flops_budget": args.flops_budget, "criterion": args.criterion, **evaluation_overrides(args)}
     run = saved_run(args.policy) if args.policy else None  # a run folder: its own settings, unless a flag says otherwise
     trained_on = run["config"].get("target") if run else None
     if trained_on not in (None, args.target):

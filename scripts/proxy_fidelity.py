@@ -55,8 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
                              "compare them on the same widths (default: only the target's criterion)")
     parser.add_argument("--finetune-epochs", type=float, default=None,
                         help="the fine-tune whose result is the ground truth (default: the target's config)")
-    parser.add_argument("--val-size", type=int, default=None,
-                        help="validation examples (episodes) per measurement (default: the target's config)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the random candidates and the fine-tunes")
     parser.add_argument("--config", default=None,
                         help="a YAML file overriding the packaged prune_env/configs/<target>.yaml; flags override "
@@ -73,7 +71,6 @@ def main() -> None:
     args = build_parser().parse_args()
     check_fraction("--flops-budget", args.flops_budget)
     check_at_least("--candidates", args.candidates, 2)
-    check_at_least("--val-size", args.val_size, 1)
     check_at_least("--seed", args.seed, 0)
     check_out_folder(args.out, results=())  # an existing run continues where it stopped
     modes = tuple(m for m in args.modes.split(",") if m)
@@ -84,7 +81,7 @@ def main() -> None:
     if set(criteria) - set(CRITERIA):
         raise UsageError(f"unknown criteria {sorted(set(criteria) - set(CRITERIA))}; choose from {', '.join(CRITERIA)}")
     config = load_config(args.target, config_file=args.config, overrides={
-        "env": {"val_size": args.val_size, **evaluation_overrides(args)},
+        "env": evaluation_overrides(args),
         "evaluate": {"finetune_epochs": args.finetune_epochs}})
     if args.runs:
         defaults = build_parser()
