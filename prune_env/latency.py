@@ -14,7 +14,10 @@ non-decreasing in both widths (a running maximum), so that timing noise never ma
 wider layer predict faster: the budget clamp needs a cost that rises with every count.
 Blocks timed alone miss what runs between them, so the whole network is also timed at the
 grid's smallest and full widths, and every entry is mapped linearly (scale, and a shift
-on the tail) so that the table predicts those two timings exactly.
+on the tail) so that the table predicts those two timings exactly. The whole network is
+also timed at uniform fractions of every layer (:data:`CURVE_FRACTIONS`), and the summed
+blocks are mapped through a monotone piecewise-linear curve onto those timings: the
+prediction's error then no longer depends on how far a network lies from both ends.
 
 A table is built once, with a progress bar, and cached under ``$PRUNE_ENV_HOME/latency``
 by target name, architecture (a hash of the module's printout and the example input's shape
@@ -42,6 +45,8 @@ from target_models.checkpoints import atomic_write_bytes, home_dir
 from target_models.device import module_device, on_device, synchronizer, to_device
 
 ENGINES = ("torch", "onnxruntime")
+CURVE_FRACTIONS = (0.25, 0.5, 0.75)
+"""Uniform keep fractions at which the whole network is timed to set the calibration curve."""
 
 
 def grid_widths(low: int, units: int, points: int) -> np.ndarray:
@@ -125,8 +130,14 @@ class LatencyTable:
         return np.array(times)
 
     def predict(self, counts: Sequence[int]) -> float:
-        """Predicted ms of the whole network at ``counts`` (one per prunable layer)."""
-        return float(self.layer_times(counts).sum())
+        """Predicted ms of the whole network at ``counts`` (one per prunable layer): the
+        blocks' times summed, then mapped through the calibration curve when the table has one
+        (whole-network timings between the smallest and full widths; the identity at both)."""
+        total = float(self.layer_times(counts).sum())
+        curve = self.settings.get("calibration", {}).get("curve")
+        if curve is None:
+            return total
+        return float(np.interp(total, curve["predicted_ms"], curve["measured_ms"]))
 
     def entries_sum(self) -> float:
         """The table's entries at full widths, summed (equals ``base``)."""
@@ -161,7 +172,12 @@ class LatencyTable:
         # blocks timed alone miss what runs between them (and a noisy cell lifts its wider
         # neighbours): the whole network is also timed at the grid's smallest and full widths,
         # and the entries are mapped linearly onto those two timings (below)
-        anchors = [np.array([int(g[0]) for g in grids]), units.copy()]
+        # ... and at uniform fractions of every layer between them, which set a monotone curve
+        # from the summed blocks to the whole network (blocks timed alone under-predict
+        # mid-sized networks, by up to 14% for VGG16 at batch 1: BENCHMARKS.md)
+        anchors = [np.array([int(g[0]) for g in grids]), units.copy(),
+                   *(np.maximum(np.round(units * f).astype(np.int64), [int(g[0]) for g in grids])
+                     for f in CURVE_FRACTIONS)]
         cells = np.zeros((rounds, len(jobs)))
         anchor_ms = np.zeros((rounds, len(anchors)))
         progress = tqdm(total=rounds * (len(jobs) + len(anchors)), desc="latency table", disable=not show_progress)
@@ -200,8 +216,11 @@ class LatencyTable:
         if predicted[1] > predicted[0] and measured[1] > measured[0]:
             scale = (measured[1] - measured[0]) / (predicted[1] - predicted[0])
             shift = measured[1] - scale * predicted[1]
-            settings["calibration"] = {"scale": scale, "shift_ms": shift, "anchors_ms": measured}
+            settings["calibration"] = {"scale": scale, "shift_ms": shift, "anchors_ms": measured[:2]}
             table = cls(grids, [b * scale for b in table.blocks], table.tail * scale + shift, settings)
+            settings["calibration"]["curve"] = _calibration_curve(
+                [table.predict(counts) for counts in anchors], measured)
+            table = cls(grids, table.blocks, table.tail, settings)
         return table
 
     @classmethod
@@ -216,7 +235,7 @@ class LatencyTable:
                "units": [int(u) for u in pruner.units], "low": [int(x) for x in low],
                "batch_size": batch_size, "engine": engine, "device": str(device),
                "threads": torch.get_num_threads(), "points": points, "statistic": statistic,
-               **({"rounds": rounds} if rounds > 1 else {})}
+               "calibration": ["linear", *CURVE_FRACTIONS], **({"rounds": rounds} if rounds > 1 else {})}
         path = cache_path(key)
         if cache and path.exists():
             saved = json.loads(path.read_text())
@@ -236,6 +255,19 @@ class LatencyTable:
     def from_dict(cls, saved: dict) -> LatencyTable:
         return cls([np.array(g, dtype=np.int64) for g in saved["grids"]], [np.array(b) for b in saved["blocks"]],
                    np.array(saved["tail"]), saved["settings"])
+
+
+def _calibration_curve(predicted: list[float], measured: list[float]) -> dict | None:
+    """A monotone piecewise-linear map from summed blocks to whole-network ms through the
+    anchors (the first two, the smallest and full widths, already exact after the linear
+    calibration); None when the anchors between them do not rise with the prediction."""
+    order = np.argsort(predicted)
+    xs, ys = np.asarray(predicted)[order], np.asarray(measured)[order]
+    ys[0], ys[-1] = xs[0], xs[-1]  # the linear calibration's two anchors stay where they are
+    if np.any(np.diff(xs) <= 0):
+        return None
+    ys = np.clip(np.maximum.accumulate(ys), xs[0], xs[-1])  # a slow timing never makes a wider network faster
+    return {"predicted_ms": xs.tolist(), "measured_ms": ys.tolist()}
 
 
 def _device_and_low(pruner: BasePruner, device, low) -> tuple[torch.device, list[int]]:

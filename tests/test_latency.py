@@ -32,7 +32,7 @@ def test_the_unpruned_prediction_is_the_sum_of_the_tables_entries_and_grid_point
     assert table.base == pytest.approx(table.entries_sum())
     assert table.predict(pruner.units) == pytest.approx(table.entries_sum())
     expected = table.blocks[0][0, 1] + table.blocks[1][1, 0] + table.tail[0]  # counts (32, 1)
-    assert table.predict([32, 1]) == pytest.approx(expected)
+    assert table.layer_times([32, 1]).sum() == pytest.approx(expected)
     # between grid widths the prediction lies between its neighbours' (bilinear weights)
     low, high = sorted((table.predict([32, 32]), table.predict([64, 32])))
     assert low - 1e-9 <= table.predict([48, 32]) <= high + 1e-9
@@ -40,7 +40,20 @@ def test_the_unpruned_prediction_is_the_sum_of_the_tables_entries_and_grid_point
     if calibration is not None:  # the whole network's two timings are predicted exactly
         assert table.predict([1, 1]) == pytest.approx(calibration["anchors_ms"][0])
         assert table.base == pytest.approx(calibration["anchors_ms"][1])
+        curve = calibration.get("curve")
+        if curve is not None:  # ... and so are its timings at uniform fractions, through the curve
+            assert [table.predict([n, n]) for n in (1, 16, 32, 48, 64)] == pytest.approx(curve["measured_ms"])
     assert table.predict([48, 20]) > 0
+
+
+def test_the_calibration_curve_is_monotone_and_exact_at_both_ends():
+    from prune_env.latency import _calibration_curve
+
+    # blocks predicted (1, 4, 6, 8, 10) ms; the whole network measured 6.0 at 4 and 5.5 at 6 (noise)
+    curve = _calibration_curve([1.0, 10.0, 4.0, 6.0, 8.0], [1.0, 10.0, 6.0, 5.5, 9.0])
+    assert curve["predicted_ms"] == [1.0, 4.0, 6.0, 8.0, 10.0]
+    assert curve["measured_ms"] == [1.0, 6.0, 6.0, 9.0, 10.0]  # never falling, ends unchanged
+    assert _calibration_curve([1.0, 10.0, 4.0, 4.0], [1.0, 10.0, 5.0, 5.0]) is None  # two anchors alike
 
 
 def test_the_table_is_cached_and_measured_again_when_a_setting_changes(monkeypatch):
