@@ -115,6 +115,8 @@ class LatencyTable:
 
     def __init__(self, grids: list[np.ndarray], blocks: list[np.ndarray], tail: np.ndarray, settings: dict):
         self.grids, self.blocks, self.tail, self.settings = grids, blocks, tail, settings
+        self.curve = settings.get("calibration", {}).get("curve")
+        """Summed blocks -> whole-network ms (``predicted_ms``, ``measured_ms``), or None."""
         self.units = np.array([int(g[-1]) for g in grids])
         self.base = self.predict(self.units)
 
@@ -134,10 +136,9 @@ class LatencyTable:
         blocks' times summed, then mapped through the calibration curve when the table has one
         (whole-network timings between the smallest and full widths; the identity at both)."""
         total = float(self.layer_times(counts).sum())
-        curve = self.settings.get("calibration", {}).get("curve")
-        if curve is None:
+        if self.curve is None:
             return total
-        return float(np.interp(total, curve["predicted_ms"], curve["measured_ms"]))
+        return float(np.interp(total, self.curve["predicted_ms"], self.curve["measured_ms"]))
 
     def entries_sum(self) -> float:
         """The table's entries at full widths, summed (equals ``base``)."""
@@ -216,11 +217,10 @@ class LatencyTable:
         if predicted[1] > predicted[0] and measured[1] > measured[0]:
             scale = (measured[1] - measured[0]) / (predicted[1] - predicted[0])
             shift = measured[1] - scale * predicted[1]
-            settings["calibration"] = {"scale": scale, "shift_ms": shift, "anchors_ms": measured[:2]}
+            # the linear map scales every block and shifts the tail: it maps each summed prediction the same way
+            curve = _calibration_curve([scale * p + shift for p in predicted], measured)
+            settings["calibration"] = {"scale": scale, "shift_ms": shift, "anchors_ms": measured[:2], "curve": curve}
             table = cls(grids, [b * scale for b in table.blocks], table.tail * scale + shift, settings)
-            settings["calibration"]["curve"] = _calibration_curve(
-                [table.predict(counts) for counts in anchors], measured)
-            table = cls(grids, table.blocks, table.tail, settings)
         return table
 
     @classmethod
