@@ -16,14 +16,16 @@ import numpy as np
 import torch
 
 from prune_env.cost import onnx_latency, over_rounds, time_interleaved, torch_ms
+from prune_env.env import allowed_counts
 from prune_env.export import export_onnx
-from prune_env.latency import LatencyTable
+from prune_env.latency import LatencyTable, as_searched
 from prune_env.pruner import make_pruner
 from prune_env.surgery import keep_count
 
 
 def table_errors(target, model, batches: list[int], n: int, engine: str, seed: int = 0,
-                 rounds: int = 1, statistic: str = "median", table_rounds: int = 1) -> list[dict]:
+                 rounds: int = 1, statistic: str = "median", table_rounds: int = 1,
+                 round_to: int | None = None) -> list[dict]:
     """Prediction error of the latency table on ``n`` random allocations (each layer's keep
     ratio uniform in [0.1, 1]) per batch size, measured end to end with ``engine`` over
     ``rounds`` interleaved rounds (the unpruned network first in each), with the
@@ -33,11 +35,15 @@ def table_errors(target, model, batches: list[int], n: int, engine: str, seed: i
     (``ratio_error``: the budget clamp works on that fraction, and it does not depend on how
     fast this process runs the unpruned network). ``spread`` is the timer's own: max over
     min of an allocation's rounds, minus 1. ``table_rounds``: the table's own timing rounds
-    (see :meth:`LatencyTable.measure`)."""
+    (see :meth:`LatencyTable.measure`). ``round_to``: every count is moved to the nearest
+    multiple of it that the env allows, and the table is the one an env with that rounding builds."""
     pruner = make_pruner(model, target.example_input())
-    low = [keep_count(0.1, int(u)) for u in pruner.units]
+    low = [int(allowed_counts(int(u), keep_count(0.1, int(u)), round_to)[0]) for u in pruner.units]
     rng = np.random.default_rng(seed)
     allocations = [[keep_count(rng.uniform(0.1, 1.0), int(u)) for u in pruner.units] for _ in range(n)]
+    if round_to:
+        allocations = [[as_searched(c, lo, int(u), round_to) for c, lo, u in zip(a, low, pruner.units, strict=True)]
+                       for a in allocations]
     allocations = [[int(u) for u in pruner.units], *allocations]
     pruned = [pruner.prune_indices([torch.arange(c) for c in counts]) for counts in allocations]
     rows = []
@@ -47,7 +53,7 @@ def table_errors(target, model, batches: list[int], n: int, engine: str, seed: i
             export_onnx(m, target.example_input(2), path)
         for batch in batches:
             table = LatencyTable.build(pruner, target.name, batch, engine, target.device, low=low,
-                                       statistic=statistic, rounds=table_rounds)
+                                       statistic=statistic, rounds=table_rounds, round_to=round_to)
             x = target.example_input(batch)
             timers = ([partial(onnx_latency, path, x, statistic=statistic) for path in paths] if paths
                       else [partial(torch_ms, m, x, device=target.device, statistic=statistic) for m in pruned])
@@ -69,7 +75,7 @@ def _error_rows(target_name: str, engine: str, batch: int, allocations: list[lis
                      "error": round(float(predicted[i] / measured[i] - 1), 4),
                      "ratio_error": round(float(ratio_error), 4),
                      "spread": round(float(times[:, i].max() / times[:, i].min() - 1), 4),
-                     "rounds": len(times), "statistic": statistic,
+                     "rounds": len(times), "statistic": statistic, "round_to": table.settings.get("round_to"),
                      "table_rounds": int(table.settings.get("rounds", 1)), "threads": torch.get_num_threads()})
     return rows
 

@@ -227,7 +227,7 @@ class PruningEnv(gym.Env):
             self.latency_table = LatencyTable.from_dict(latency_table) if latency_table is not None else \
                 LatencyTable.build(self.pruner, self.target.name, latency_batch_size, latency_engine,
                                    self.target.device, low=self.min_counts, statistic=latency_statistic,
-                                   rounds=latency_table_rounds)
+                                   rounds=latency_table_rounds, round_to=self.round_to)
         self.cost = self.latency_table.predict if latency_budget is not None else self.flop_model.flops
         """What the budget limits, from kept counts: predicted ms (latency budget) or FLOPs."""
         self.cost_base = float(self.cost(self.units))

@@ -19,6 +19,11 @@ also timed at uniform fractions of every layer (:data:`CURVE_FRACTIONS`), and th
 blocks are mapped through a monotone piecewise-linear curve onto those timings: the
 prediction's error then no longer depends on how far a network lies from both ends.
 
+Counts that are multiples of :data:`ALIGNMENT` run markedly faster than their neighbours
+(oneDNN works on blocks of 8 or 16 channels), so the widths the table times stand for the
+counts a search picks: off those multiples for an env without rounding, multiples of
+``round_to`` for one with it (a table per ``round_to``).
+
 A table is built once, with a progress bar, and cached under ``$PRUNE_ENV_HOME/latency``
 by target name, architecture (a hash of the module's printout and the example input's shape
 and dtype), widths, device, batch size, threads, engine, timing statistic (the median
@@ -40,6 +45,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from prune_env.cost import TIMING_STATISTICS, onnx_latency, over_rounds, wall_ms
+from prune_env.env import allowed_counts
 from prune_env.pruner import BasePruner, Pruner
 from target_models.checkpoints import atomic_write_bytes, home_dir
 from target_models.device import module_device, on_device, synchronizer, to_device
@@ -47,11 +53,28 @@ from target_models.device import module_device, on_device, synchronizer, to_devi
 ENGINES = ("torch", "onnxruntime")
 CURVE_FRACTIONS = (0.25, 0.5, 0.75)
 """Uniform keep fractions at which the whole network is timed to set the calibration curve."""
+ALIGNMENT = 8
+"""Counts that are multiples of this run faster. Measured on VGG16 at batch 64 with one thread:
+networks whose every count is a multiple of 16 ran 17-31% faster than blocks timed at
+unaligned widths predict, random allocations within about 10% (BENCHMARKS.md)."""
 
 
-def grid_widths(low: int, units: int, points: int) -> np.ndarray:
-    """``points`` widths from ``low`` to ``units``, evenly spaced and distinct."""
-    return np.unique(np.round(np.linspace(low, units, max(2, points))).astype(np.int64))
+def as_searched(count: float, low: int, units: int, round_to: int | None = None) -> int:
+    """The count a search would keep near ``count``: with ``round_to``, the nearest count the
+    env allows (a multiple of it, or all ``units``); without, ``count`` rounded and moved one
+    unit down when it lands on a multiple of :data:`ALIGNMENT` (``low`` and ``units`` stay)."""
+    if round_to and round_to > 1:
+        allowed = allowed_counts(units, low, round_to)
+        return int(allowed[np.argmin(np.abs(allowed - count))])
+    count = int(np.clip(round(count), low, units))
+    return count - 1 if count % ALIGNMENT == 0 and low < count < units else count
+
+
+def grid_widths(low: int, units: int, points: int, round_to: int | None = None) -> np.ndarray:
+    """``points`` widths from ``low`` to ``units``, evenly spaced, distinct, and each the count
+    a search would keep there (:func:`as_searched`)."""
+    spaced = np.linspace(low, units, max(2, points))
+    return np.unique([as_searched(w, low, units, round_to) for w in spaced]).astype(np.int64)
 
 
 def _interpolate(grid_in: np.ndarray, grid_out: np.ndarray, table: np.ndarray, a: float, b: float) -> float:
@@ -149,13 +172,14 @@ class LatencyTable:
     def measure(cls, pruner: BasePruner, batch_size: int = 1, engine: str = "torch",
                 device: torch.device | str | None = None, points: int = 6, low: Sequence[int] | None = None,
                 repeats: int = 10, show_progress: bool = True, statistic: str = "median",
-                rounds: int = 1) -> LatencyTable:
+                rounds: int = 1, round_to: int | None = None) -> LatencyTable:
         """Time every block of ``pruner``'s network on its grid of widths (each cell the
         ``statistic`` of ``repeats`` runs: see :func:`prune_env.cost.wall_ms`). With
         ``rounds`` above 1 every cell is timed once per round (a round is one pass over the whole table:
         seconds on the CNN, minutes on VGG16), and
         the cell takes the same statistic over its rounds: a slow spell of the machine then
-        lifts one round of a cell, not the cell."""
+        lifts one round of a cell, not the cell. ``round_to``: the env's rounding; the grid
+        and the calibration networks then keep multiples of it (:func:`as_searched`)."""
         if not isinstance(pruner, Pruner):
             raise ValueError("latency tables cover sequential networks (nn.Sequential targets); this network is "
                              "pruned through a dependency graph")
@@ -164,7 +188,7 @@ class LatencyTable:
         device, low = _device_and_low(pruner, device, low)
         timer = _Timer(engine, device, repeats, statistic)
         layers, units = pruner.layers, pruner.units
-        grids = [grid_widths(int(lo), int(u), points) for lo, u in zip(low, units, strict=True)]
+        grids = [grid_widths(int(lo), int(u), points, round_to) for lo, u in zip(low, units, strict=True)]
         example = pruner.example.repeat(batch_size, *([1] * (pruner.example.dim() - 1)))
         # block i runs modules bounds[i]..bounds[i+1]-1 (block 0 from the input); the tail last
         bounds = [0, *(layer.position for layer in layers[1:]), layers[-1].consumer, len(pruner.model)]
@@ -175,9 +199,10 @@ class LatencyTable:
         # and the entries are mapped linearly onto those two timings (below)
         # ... and at uniform fractions of every layer between them, which set a monotone curve
         # from the summed blocks to the whole network (blocks timed alone under-predict
-        # mid-sized networks, by up to 14% for VGG16 at batch 1: BENCHMARKS.md)
+        # mid-sized networks, by up to 14% for VGG16 at batch 1: BENCHMARKS.md), each count
+        # the one a search would keep there (aligned counts would run faster: ALIGNMENT)
         anchors = [np.array([int(g[0]) for g in grids]), units.copy(),
-                   *(np.maximum(np.round(units * f).astype(np.int64), [int(g[0]) for g in grids])
+                   *(np.array([as_searched(u * f, int(g[0]), int(u), round_to) for g, u in zip(grids, units, strict=True)])
                      for f in CURVE_FRACTIONS)]
         cells = np.zeros((rounds, len(jobs)))
         anchor_ms = np.zeros((rounds, len(anchors)))
@@ -207,7 +232,8 @@ class LatencyTable:
                 tail[list(grids[-1]).index(a)] = ms
         settings = {"batch_size": batch_size, "engine": engine, "device": str(device),
                     "threads": torch.get_num_threads(), "points": points, "repeats": repeats, "statistic": statistic,
-                    "rounds": rounds}
+                    "rounds": rounds, "round_to": round_to,
+                    "anchor_counts": [[int(c) for c in a] for a in anchors]}
         # timing noise must not make a wider layer look faster: the clamp bisects on a cost
         # that rises with every count, so each block's times are made non-decreasing
         blocks = [np.maximum.accumulate(np.maximum.accumulate(b, axis=0), axis=1) for b in blocks]
@@ -227,7 +253,7 @@ class LatencyTable:
     def build(cls, pruner: BasePruner, name: str, batch_size: int = 1, engine: str = "torch",
               device: torch.device | str | None = None, points: int = 6, low: Sequence[int] | None = None,
               show_progress: bool = True, cache: bool = True, statistic: str = "median",
-              rounds: int = 1) -> LatencyTable:
+              rounds: int = 1, round_to: int | None = None) -> LatencyTable:
         """The cached table of ``name``'s network for these settings, measured when none is."""
         device, low = _device_and_low(pruner, device, low)
         architecture = f"{pruner.model}|{tuple(pruner.example.shape)}|{pruner.example.dtype}"
@@ -235,14 +261,15 @@ class LatencyTable:
                "units": [int(u) for u in pruner.units], "low": [int(x) for x in low],
                "batch_size": batch_size, "engine": engine, "device": str(device),
                "threads": torch.get_num_threads(), "points": points, "statistic": statistic,
-               "calibration": ["linear", *CURVE_FRACTIONS], **({"rounds": rounds} if rounds > 1 else {})}
+               "calibration": ["linear", *CURVE_FRACTIONS], "widths": ["as searched", ALIGNMENT], "round_to": round_to,
+               **({"rounds": rounds} if rounds > 1 else {})}
         path = cache_path(key)
         if cache and path.exists():
             saved = json.loads(path.read_text())
             if saved.get("key") == key:
                 return cls.from_dict(saved)
         table = cls.measure(pruner, batch_size, engine, device, points, low, show_progress=show_progress,
-                            statistic=statistic, rounds=rounds)
+                            statistic=statistic, rounds=rounds, round_to=round_to)
         if cache:  # a unique temporary file: processes building the same table never collide
             atomic_write_bytes(path, json.dumps({"key": key, **table.to_dict()}).encode())
         return table

@@ -2,7 +2,7 @@
 
     python scripts/bench_latency.py --target vgg16_cifar10 [--flops-budgets 0.3,0.5,0.7] [--untrained]
     python scripts/bench_latency.py --target cnn_cifar10 --table 20 [--rounds 5] [--engine onnxruntime] \
-        [--statistic min] [--table-rounds 3]   # the table's error
+        [--statistic min] [--table-rounds 3] [--round-to 8]   # the table's error
 
 Prunes the target with the uniform heuristic at each budget, exports it (ONNX, checked
 against the in-memory model) and times original and pruned at batch 1 and 64 in PyTorch
@@ -23,7 +23,6 @@ from agents.base import run_episode
 from agents.heuristics import UniformPolicy
 from experiments.latency_error import print_table_errors, table_errors
 from prune_env.cli import (
-    UsageError,
     add_target_arguments,
     check_at_least,
     check_budget_reachable,
@@ -45,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fractions of the FLOPs to keep, each in (0, 1], separated by commas")
     parser.add_argument("--batch-sizes", default="1,64", help="batch sizes to time, separated by commas")
     parser.add_argument("--round-to", type=int, default=None, metavar="N",
-                        help="keep a multiple of N units in every layer, or all of them (default: any count)")
+                        help="keep a multiple of N units in every layer, or all of them (default: any count); "
+                             "with --table, the random allocations are rounded so and checked against the table "
+                             "an env with this rounding builds")
     parser.add_argument("--untrained", action="store_true", help="time a fresh network (no checkpoint needed)")
     parser.add_argument("--table", type=int, default=0, metavar="N",
                         help="instead: check the per-layer latency table's prediction against measured end-to-end "
@@ -73,15 +74,12 @@ def main() -> None:
     check_at_least("--round-to", args.round_to, 1)
     check_at_least("--rounds", args.rounds, 1)
     check_at_least("--table-rounds", args.table_rounds, 1)
-    if args.table and args.round_to:
-        raise UsageError("--table checks the table on random allocations of any unit count; drop --round-to "
-                         "(it applies to the uniform speed-up rows)")
     if not args.table:
         check_budget_reachable(target, min(budgets), 0.1, flag="--flops-budgets", round_to=args.round_to)
     model = target.build_model().eval() if args.untrained else target.load_pretrained()
     if args.table:
         rows = table_errors(target, model, batches, args.table, args.engine, rounds=args.rounds,
-                            statistic=args.statistic, table_rounds=args.table_rounds)
+                            statistic=args.statistic, table_rounds=args.table_rounds, round_to=args.round_to)
         if args.json:
             print(json.dumps(rows, indent=2))
         else:

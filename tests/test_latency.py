@@ -28,22 +28,40 @@ def _cartpole_table(**kwargs) -> tuple[LatencyTable, object]:
 
 def test_the_unpruned_prediction_is_the_sum_of_the_tables_entries_and_grid_points_are_exact():
     table, pruner = _cartpole_table()
-    assert [list(g) for g in table.grids] == [list(grid_widths(1, 64, 3))] * 2 == [[1, 32, 64]] * 2
+    # the middle width is timed off a multiple of 8, where the counts a search picks mostly lie,
+    # and so are the whole network's calibration timings at 25/50/75%
+    assert table.settings["anchor_counts"] == [[1, 1], [64, 64], [15, 15], [31, 31], [47, 47]]
+    assert [list(g) for g in table.grids] == [list(grid_widths(1, 64, 3))] * 2 == [[1, 31, 64]] * 2
     assert table.base == pytest.approx(table.entries_sum())
     assert table.predict(pruner.units) == pytest.approx(table.entries_sum())
-    expected = table.blocks[0][0, 1] + table.blocks[1][1, 0] + table.tail[0]  # counts (32, 1)
-    assert table.layer_times([32, 1]).sum() == pytest.approx(expected)
+    expected = table.blocks[0][0, 1] + table.blocks[1][1, 0] + table.tail[0]  # counts (31, 1)
+    assert table.layer_times([31, 1]).sum() == pytest.approx(expected)
     # between grid widths the prediction lies between its neighbours' (bilinear weights)
-    low, high = sorted((table.predict([32, 32]), table.predict([64, 32])))
-    assert low - 1e-9 <= table.predict([48, 32]) <= high + 1e-9
+    low, high = sorted((table.predict([31, 31]), table.predict([64, 31])))
+    assert low - 1e-9 <= table.predict([48, 31]) <= high + 1e-9
     calibration = table.settings.get("calibration")
     if calibration is not None:  # the whole network's two timings are predicted exactly
         assert table.predict([1, 1]) == pytest.approx(calibration["anchors_ms"][0])
         assert table.base == pytest.approx(calibration["anchors_ms"][1])
         curve = calibration.get("curve")
-        if curve is not None:  # ... and so are its timings at uniform fractions, through the curve
-            assert [table.predict([n, n]) for n in (1, 16, 32, 48, 64)] == pytest.approx(curve["measured_ms"])
+        # ... and so are its timings at uniform fractions (counts off multiples of 8), through the curve
+        if curve is not None:
+            assert [table.predict([n, n]) for n in (1, 15, 31, 47, 64)] == pytest.approx(curve["measured_ms"])
     assert table.predict([48, 20]) > 0
+
+
+def test_the_tables_widths_are_the_counts_a_search_keeps():
+    from prune_env.latency import as_searched
+
+    # without rounding, off multiples of 8 (aligned counts run faster), the layer's ends kept
+    assert list(grid_widths(51, 512, 6)) == [51, 143, 235, 327, 420, 512]
+    assert list(grid_widths(16, 64, 3)) == [16, 39, 64] and as_searched(16.2, 8, 64) == 15
+    # with round_to, counts the env allows: multiples of it, or all the units of a narrow layer
+    assert list(grid_widths(8, 64, 6, round_to=8)) == [8, 16, 32, 40, 56, 64]
+    assert list(grid_widths(4, 4, 6, round_to=8)) == [4] and as_searched(13, 8, 64, round_to=8) == 16
+    table, _ = _cartpole_table(round_to=16)
+    assert [list(g) for g in table.grids] == [[16, 32, 64]] * 2 and table.settings["round_to"] == 16
+    assert table.settings["anchor_counts"][2:] == [[16, 16], [32, 32], [48, 48]]
 
 
 def test_the_calibration_curve_is_monotone_and_exact_at_both_ends():
@@ -81,6 +99,8 @@ def test_the_table_is_cached_and_measured_again_when_a_setting_changes(monkeypat
     assert len(measured) == 3 and fastest.settings["statistic"] == "min"
     rounds, _ = _cartpole_table(statistic="min", rounds=2)  # every cell timed twice, the faster kept
     assert len(measured) == 4 and rounds.settings["rounds"] == 2
+    _cartpole_table(statistic="min", rounds=2, round_to=8)  # an env that rounds times its own widths
+    assert len(measured) == 5
     assert rounds.base == pytest.approx(rounds.entries_sum())
     with pytest.raises(ValueError, match="unknown latency engine"):
         _cartpole_table(engine="tensorrt")
@@ -110,7 +130,7 @@ def synthetic_table(monkeypatch):
     per block): the clamp tests then do not depend on this machine's timing noise."""
 
     def build(cls, pruner, name, batch_size=1, engine="torch", device=None, points=6, low=None, statistic="median",
-              rounds=1, **_):
+              rounds=1, round_to=None, **_):
         low = list(low) if low is not None else [1] * len(pruner.layers)
         grids = [grid_widths(int(lo), int(u), 4) for lo, u in zip(low, pruner.units, strict=True)]
         first_in = pruner.layers[0].in_units
@@ -118,7 +138,7 @@ def synthetic_table(monkeypatch):
         tail = 0.05 + 0.01 * grids[-1].astype(float)
         return cls(grids, blocks, tail, {"batch_size": batch_size, "engine": engine, "device": "cpu",
                                          "threads": torch.get_num_threads(), "points": 4, "repeats": 0,
-                                         "statistic": statistic, "rounds": rounds})
+                                         "statistic": statistic, "rounds": rounds, "round_to": round_to})
 
     monkeypatch.setattr(LatencyTable, "build", classmethod(build))
 
@@ -159,6 +179,9 @@ def test_the_env_builds_its_table_with_the_configured_statistic_and_rounds(synth
                    latency_table_rounds=3)
     report = play_allocation(env, np.full(env.n_layers, 0.5), seed=0)
     assert report["latency_table"]["statistic"] == "min" and report["latency_table"]["rounds"] == 3
+    assert report["latency_table"]["round_to"] is None
+    env = tiny_env("cartpole_policy", flops_budget=None, latency_budget=0.5, round_to=8)  # the table of its widths
+    assert play_allocation(env, np.full(env.n_layers, 0.5), seed=0)["latency_table"]["round_to"] == 8
     with pytest.raises(ConfigError, match="env.latency_statistic 'mean' is unknown; choose one of: median, min"):
         load_config("cartpole_policy", overrides={"env": {"latency_statistic": "mean"}})
     with pytest.raises(ConfigError, match="env.latency_table_rounds must be at least 1"):
