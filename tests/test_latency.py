@@ -12,7 +12,7 @@ import torch
 from agents.allocation import play_allocation
 from agents.base import run_episode
 from agents.heuristics import make_heuristic
-from prune_env.latency import LatencyTable, grid_widths
+from prune_env.latency import CALIBRATION_ALLOCATIONS, LatencyTable, grid_widths
 from prune_env.pruner import make_pruner
 from target_models import get_target
 from target_models.resnet import CifarResNet
@@ -28,9 +28,7 @@ def _cartpole_table(**kwargs) -> tuple[LatencyTable, object]:
 
 def test_the_unpruned_prediction_is_the_sum_of_the_tables_entries_and_grid_points_are_exact():
     table, pruner = _cartpole_table()
-    # the middle width is timed off a multiple of 8, where the counts a search picks mostly lie,
-    # and so are the whole network's calibration timings at 25/50/75%
-    assert table.settings["anchor_counts"] == [[1, 1], [64, 64], [15, 15], [31, 31], [47, 47]]
+    # the middle width is timed off a multiple of 8, where the counts a search picks mostly lie
     assert [list(g) for g in table.grids] == [list(grid_widths(1, 64, 3))] * 2 == [[1, 31, 64]] * 2
     assert table.base == pytest.approx(table.entries_sum())
     assert table.predict(pruner.units) == pytest.approx(table.entries_sum())
@@ -44,10 +42,17 @@ def test_the_unpruned_prediction_is_the_sum_of_the_tables_entries_and_grid_point
         assert table.predict([1, 1]) == pytest.approx(calibration["anchors_ms"][0])
         assert table.base == pytest.approx(calibration["anchors_ms"][1])
         curve = calibration.get("curve")
-        # ... and so are its timings at uniform fractions (counts off multiples of 8), through the curve
-        if curve is not None:
-            assert [table.predict([n, n]) for n in (1, 15, 31, 47, 64)] == pytest.approx(curve["measured_ms"])
+        if curve is not None:  # ... and the curve through the random allocations' timings keeps both ends
+            assert curve["measured_ms"][0] == pytest.approx(calibration["anchors_ms"][0])
+            assert curve["measured_ms"][-1] == pytest.approx(calibration["anchors_ms"][1])
+            assert np.all(np.diff(curve["predicted_ms"]) > 0) and np.all(np.diff(curve["measured_ms"]) >= 0)
     assert table.predict([48, 20]) > 0
+    # the whole network is also timed at random allocations, the same ones on every build
+    anchors = table.settings["anchor_counts"]
+    assert anchors[:2] == [[1, 1], [64, 64]] and len(anchors) == 2 + CALIBRATION_ALLOCATIONS
+    assert any(a != b for a, b in anchors[2:]) and all(1 <= c <= 64 and (c % 8 or c == 64) for a in anchors[2:] for c in a)
+    again, _ = _cartpole_table(cache=False)
+    assert again.settings["anchor_counts"] == anchors
 
 
 def test_the_tables_widths_are_the_counts_a_search_keeps():
@@ -61,7 +66,7 @@ def test_the_tables_widths_are_the_counts_a_search_keeps():
     assert list(grid_widths(4, 4, 6, round_to=8)) == [4] and as_searched(13, 8, 64, round_to=8) == 16
     table, _ = _cartpole_table(round_to=16)
     assert [list(g) for g in table.grids] == [[16, 32, 64]] * 2 and table.settings["round_to"] == 16
-    assert table.settings["anchor_counts"][2:] == [[16, 16], [32, 32], [48, 48]]
+    assert all(c % 16 == 0 for a in table.settings["anchor_counts"] for c in a)  # its calibration networks too
 
 
 def test_the_calibration_curve_is_monotone_and_exact_at_both_ends():
@@ -72,6 +77,10 @@ def test_the_calibration_curve_is_monotone_and_exact_at_both_ends():
     assert curve["predicted_ms"] == [1.0, 4.0, 6.0, 8.0, 10.0]
     assert curve["measured_ms"] == [1.0, 6.0, 6.0, 9.0, 10.0]  # never falling, ends unchanged
     assert _calibration_curve([1.0, 10.0, 4.0, 4.0], [1.0, 10.0, 5.0, 5.0]) is None  # two anchors alike
+    # more allocations than knots: each knot is the medians of a group (ordered by prediction)
+    curve = _calibration_curve([1.0, 10.0, 2.0, 3.0, 4.0, 6.0, 7.0, 8.0], [1.0, 10.0, 2.0, 9.0, 3.0, 7.0, 6.0, 8.0])
+    assert curve["predicted_ms"] == [1.0, 2.5, 5.0, 7.5, 10.0]
+    assert curve["measured_ms"] == [1.0, 5.5, 5.5, 7.0, 10.0]  # one slow timing (9.0) does not bend it
 
 
 def test_the_table_is_cached_and_measured_again_when_a_setting_changes(monkeypatch):
