@@ -20,8 +20,8 @@ layer's count uniform between its smallest and full widths), and the summed bloc
 mapped through a monotone piecewise-linear curve onto them (the medians of
 :data:`CURVE_KNOTS` groups, ordered by prediction): the prediction's error then no longer
 depends on how far a network lies from both ends. Random allocations, not uniform ones:
-at batch 64 on VGG16, networks whose layers all keep the same fraction ran 17-27% faster
-than random ones the blocks predict alike (BENCHMARKS.md).
+at batch 64 on VGG16, networks whose layers all keep the same fraction (aligned counts or
+not) ran 17-31% faster than random ones whose blocks sum to the same time (BENCHMARKS.md).
 
 Counts that are multiples of :data:`ALIGNMENT` run markedly faster than their neighbours
 (oneDNN works on blocks of 8 or 16 channels), so the widths the table times stand for the
@@ -62,9 +62,10 @@ CALIBRATION_SEED = 20_241
 CURVE_KNOTS = 3
 """Groups of calibration allocations, each one knot of the curve (its medians)."""
 ALIGNMENT = 8
-"""Counts that are multiples of this run faster. Measured on VGG16 at batch 64 with one thread:
-networks whose every count is a multiple of 16 ran 17-31% faster than blocks timed at
-unaligned widths predict, random allocations within about 10% (BENCHMARKS.md)."""
+"""Counts that are multiples of this run faster: VGG16 pruned uniformly to half its FLOPs ran
+1.7x faster than unpruned in onnxruntime at batch 64 with every count rounded to 8, and
+0.6-1.1x with any count; the CNN's rounded networks ran 7-12% faster than predicted
+(BENCHMARKS.md, "Latency-aware against FLOPs-aware search")."""
 
 
 def as_searched(count: float, low: int, units: int, round_to: int | None = None) -> int:
