@@ -58,7 +58,8 @@ def table_errors(target, model, batches: list[int], n: int, engine: str, seed: i
             timers = ([partial(onnx_latency, path, x, statistic=statistic) for path in paths] if paths
                       else [partial(torch_ms, m, x, device=target.device, statistic=statistic) for m in pruned])
             times = time_interleaved(timers, rounds)
-            rows += _error_rows(target.name, engine, batch, allocations, table, times, statistic)
+            rows += [{**r, "seed": seed} for r in _error_rows(target.name, engine, batch, allocations, table, times,
+                                                              statistic)]
     return rows
 
 

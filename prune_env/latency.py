@@ -21,10 +21,10 @@ mapped through a monotone piecewise-linear curve onto them (the medians of
 :data:`CURVE_KNOTS` groups, ordered by prediction): the prediction's error then no longer
 depends on how far a network lies from both ends. Random allocations, not uniform ones:
 at batch 64 on VGG16, networks whose layers all keep the same fraction (aligned counts or
-not) ran 17-31% faster than random ones whose blocks sum to the same time (BENCHMARKS.md).
+not) took 15-33% less time than random ones whose blocks sum to the same (BENCHMARKS.md).
 
-Counts that are multiples of :data:`ALIGNMENT` run markedly faster than their neighbours
-(oneDNN works on blocks of 8 or 16 channels), so the widths the table times stand for the
+Counts that are multiples of :data:`ALIGNMENT` can run markedly faster than their
+neighbours (CPU kernels work on blocks of channels), so the widths the table times stand for the
 counts a search picks: off those multiples for an env without rounding, multiples of
 ``round_to`` for one with it (a table per ``round_to``).
 
@@ -64,7 +64,7 @@ CURVE_KNOTS = 3
 ALIGNMENT = 8
 """Counts that are multiples of this run faster: VGG16 pruned uniformly to half its FLOPs ran
 1.7x faster than unpruned in onnxruntime at batch 64 with every count rounded to 8, and
-0.6-1.1x with any count; the CNN's rounded networks ran 7-12% faster than predicted
+0.6-1.1x with any count; the CNN's rounded networks ran 2-12% faster than predicted
 (BENCHMARKS.md, "Latency-aware against FLOPs-aware search")."""
 
 
@@ -270,8 +270,8 @@ class LatencyTable:
                "units": [int(u) for u in pruner.units], "low": [int(x) for x in low],
                "batch_size": batch_size, "engine": engine, "device": str(device),
                "threads": torch.get_num_threads(), "points": points, "statistic": statistic,
-               "calibration": ["linear", "random", CALIBRATION_ALLOCATIONS, CALIBRATION_SEED, CURVE_KNOTS], "widths": ["as searched", ALIGNMENT], "round_to": round_to,
-               **({"rounds": rounds} if rounds > 1 else {})}
+               "calibration": ["linear", "random", CALIBRATION_ALLOCATIONS, CALIBRATION_SEED, CURVE_KNOTS],
+               "widths": ["as searched", ALIGNMENT], "round_to": round_to, **({"rounds": rounds} if rounds > 1 else {})}
         path = cache_path(key)
         if cache and path.exists():
             saved = json.loads(path.read_text())

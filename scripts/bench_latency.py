@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--table-rounds", type=int, default=1,
                         help="time every cell of the --table check's table in this many passes over the table, "
                              "and take the --statistic over them (default: 1)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seeds the --table check's random allocations (default: 0; the table's own calibration "
+                             "allocations come from a seed of their own)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     return parser
 
@@ -74,11 +77,12 @@ def main() -> None:
     check_at_least("--round-to", args.round_to, 1)
     check_at_least("--rounds", args.rounds, 1)
     check_at_least("--table-rounds", args.table_rounds, 1)
+    check_at_least("--seed", args.seed, 0)
     if not args.table:
         check_budget_reachable(target, min(budgets), 0.1, flag="--flops-budgets", round_to=args.round_to)
     model = target.build_model().eval() if args.untrained else target.load_pretrained()
     if args.table:
-        rows = table_errors(target, model, batches, args.table, args.engine, rounds=args.rounds,
+        rows = table_errors(target, model, batches, args.table, args.engine, seed=args.seed, rounds=args.rounds,
                             statistic=args.statistic, table_rounds=args.table_rounds, round_to=args.round_to)
         if args.json:
             print(json.dumps(rows, indent=2))
