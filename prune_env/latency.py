@@ -299,14 +299,14 @@ def _calibration_curve(predicted: list[float], measured: list[float]) -> dict | 
     calibration), and through the medians of the others in :data:`CURVE_KNOTS` groups
     ordered by prediction (a knot per group, so that one noisy timing does not bend the
     curve); None when the knots do not rise with the prediction."""
-    ends = np.asarray(predicted[:2], dtype=float)
+    predicted, measured = np.asarray(predicted, dtype=float), np.asarray(measured, dtype=float)
     inner = np.argsort(predicted[2:]) + 2
     if len(inner) == 0:
         return None
-    groups = [g for g in np.array_split(inner, min(CURVE_KNOTS, len(inner))) if len(g)]
-    knots = [(float(np.median(np.asarray(predicted)[g])), float(np.median(np.asarray(measured)[g]))) for g in groups]
-    xs = np.array([ends.min(), *(k[0] for k in knots), ends.max()])
-    ys = np.array([ends.min(), *(k[1] for k in knots), ends.max()])  # the two ends stay where they are
+    groups = np.array_split(inner, min(CURVE_KNOTS, len(inner)))
+    low, high = predicted[:2].min(), predicted[:2].max()  # the two ends stay where they are
+    xs = np.array([low, *(np.median(predicted[g]) for g in groups), high])
+    ys = np.array([low, *(np.median(measured[g]) for g in groups), high])
     if np.any(np.diff(xs) <= 0):
         return None
     ys = np.clip(np.maximum.accumulate(ys), xs[0], xs[-1])  # a slow timing never makes a wider network faster
