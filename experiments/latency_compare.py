@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,7 @@ from agents import make_heuristic
 from agents.base import prune_with
 from experiments.report import final_report, save_network, write_report
 from experiments.train import TrainRun, train_and_report
-from prune_env.cost import onnx_latency, over_rounds, time_interleaved, torch_ms
+from prune_env.cost import forward_call, onnx_call, over_rounds, time_alternating
 from prune_env.env import PruningEnv, lowest_flops_ratio
 from prune_env.export import export_onnx, load_pruned
 from target_models import Target
@@ -138,9 +137,10 @@ def run_arms(target: Target, config: dict, agent: str, budgets: list[float], bat
 
 def time_networks(target: Target, runs: list[dict], rounds: int = 5, repeats: int = 20) -> pd.DataFrame:
     """Measured latency (ms) of the unpruned network and of every run's pruned network at the
-    run's batch size, in PyTorch (eager) and onnxruntime: the median over ``rounds`` rounds,
-    each timing every network once (median of ``repeats`` warm runs), so that drift of the
-    machine hits every network alike. One row per run."""
+    run's batch size, in PyTorch (eager) and onnxruntime: the median of ``rounds * repeats``
+    single runs, alternating (every network and engine once per pass, in a random order:
+    :func:`prune_env.cost.time_alternating`), so that drift of the machine hits every network
+    alike. One row per run."""
     base = target.load_pretrained().eval()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -151,10 +151,9 @@ def time_networks(target: Target, runs: list[dict], rounds: int = 5, repeats: in
             paths = [Path(tmp) / f"{batch}-{i}.onnx" for i in range(len(models))]
             for model, path in zip(models, paths, strict=True):
                 export_onnx(model, target.example_input(2), path)
-            timers = [timer for model, path in zip(models, paths, strict=True)
-                      for timer in (partial(torch_ms, model, x, repeats, target.device),
-                                    partial(onnx_latency, path, x, repeats))]
-            ms = over_rounds(time_interleaved(timers, rounds)).reshape(len(models), 2)
+            calls = [call for model, path in zip(models, paths, strict=True)
+                     for call in (forward_call(model.to(target.device), x, target.device), onnx_call(path, x))]
+            ms = over_rounds(time_alternating(calls, rounds * repeats)).reshape(len(models), 2)
             for i, run in enumerate(batch_runs, start=1):
                 report = json.loads((run["folder"] / "report.json").read_text())
                 row = {"batch": batch, "latency_budget": run["budget"], "policy": run["arm"], "seed": report["seed"],

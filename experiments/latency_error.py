@@ -9,32 +9,35 @@ prints the summary.
 from __future__ import annotations
 
 import tempfile
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from prune_env.cost import onnx_latency, over_rounds, time_interleaved, torch_ms
+from prune_env.cost import forward_call, onnx_call, over_rounds, time_alternating
 from prune_env.env import allowed_counts
 from prune_env.export import export_onnx
 from prune_env.latency import LatencyTable, as_searched
 from prune_env.pruner import make_pruner
 from prune_env.surgery import keep_count
 
+PASSES_PER_ROUND = 20
+"""Alternating passes per timing round of the end-to-end check (a round held 20 runs of each network before)."""
+
 
 def table_errors(target, model, batches: list[int], n: int, engine: str, seed: int = 0,
                  rounds: int = 1, statistic: str = "median", table_rounds: int = 1,
                  round_to: int | None = None) -> list[dict]:
     """Prediction error of the latency table on ``n`` random allocations (each layer's keep
-    ratio uniform in [0.1, 1]) per batch size, measured end to end with ``engine`` over
-    ``rounds`` interleaved rounds (the unpruned network first in each), with the
-    ``statistic`` the table was timed with (``median``, or ``min``: the fastest run). Two
+    ratio uniform in [0.1, 1]) per batch size, measured end to end with ``engine``: the
+    ``statistic`` the table was timed with (``median``, or ``min``: the fastest run) of
+    ``rounds`` x :data:`PASSES_PER_ROUND` single runs of each network, alternating (every
+    network once per pass, in a random order: :func:`prune_env.cost.time_alternating`). Two
     errors per allocation: of the predicted milliseconds (``error``), and of the predicted
     fraction of the unpruned network's latency against the measured fraction
     (``ratio_error``: the budget clamp works on that fraction, and it does not depend on how
     fast this process runs the unpruned network). ``spread`` is the timer's own: max over
-    min of an allocation's rounds, minus 1. ``table_rounds``: the table's own timing rounds
+    min of an allocation's rounds (each its statistic of its passes), minus 1. ``table_rounds``: the table's own timing rounds
     (see :meth:`LatencyTable.measure`). ``round_to``: every count is moved to the nearest
     multiple of it that the env allows, and the table is the one an env with that rounding builds."""
     pruner = make_pruner(model, target.example_input())
@@ -55,9 +58,9 @@ def table_errors(target, model, batches: list[int], n: int, engine: str, seed: i
             table = LatencyTable.build(pruner, target.name, batch, engine, target.device, low=low,
                                        statistic=statistic, rounds=table_rounds, round_to=round_to)
             x = target.example_input(batch)
-            timers = ([partial(onnx_latency, path, x, statistic=statistic) for path in paths] if paths
-                      else [partial(torch_ms, m, x, device=target.device, statistic=statistic) for m in pruned])
-            times = time_interleaved(timers, rounds)
+            calls = ([onnx_call(path, x) for path in paths] if paths
+                     else [forward_call(m.to(target.device), x, target.device) for m in pruned])
+            times = time_alternating(calls, PASSES_PER_ROUND * rounds, seed=seed, desc=f"timing at batch {batch}").reshape(rounds, PASSES_PER_ROUND, -1)
             rows += [{**r, "seed": seed} for r in _error_rows(target.name, engine, batch, allocations, table, times,
                                                               statistic)]
     return rows
@@ -65,8 +68,10 @@ def table_errors(target, model, batches: list[int], n: int, engine: str, seed: i
 
 def _error_rows(target_name: str, engine: str, batch: int, allocations: list[list[int]], table: LatencyTable,
                 times: np.ndarray, statistic: str = "median") -> list[dict]:
-    """One row per allocation (the unpruned network first) from its interleaved timings."""
-    measured = over_rounds(times, statistic)
+    """One row per allocation (the unpruned network first) from its alternating single runs,
+    shaped (rounds, passes per round, allocations)."""
+    measured = over_rounds(times.reshape(-1, times.shape[-1]), statistic)
+    per_round = np.stack([over_rounds(r, statistic) for r in times])
     predicted = np.array([table.predict(counts) for counts in allocations])
     rows = []
     for i, counts in enumerate(allocations):
@@ -75,7 +80,7 @@ def _error_rows(target_name: str, engine: str, batch: int, allocations: list[lis
                      "keep_counts": counts, "predicted_ms": float(predicted[i]), "measured_ms": float(measured[i]),
                      "error": round(float(predicted[i] / measured[i] - 1), 4),
                      "ratio_error": round(float(ratio_error), 4),
-                     "spread": round(float(times[:, i].max() / times[:, i].min() - 1), 4),
+                     "spread": round(float(per_round[:, i].max() / per_round[:, i].min() - 1), 4),
                      "rounds": len(times), "statistic": statistic, "round_to": table.settings.get("round_to"),
                      "table_rounds": int(table.settings.get("rounds", 1)), "threads": torch.get_num_threads()})
     return rows

@@ -134,8 +134,9 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
                         help="what each latency-table cell takes of its timed runs: the median run (default) or "
                              "the fastest")
     parser.add_argument("--latency-table-rounds", type=int, default=None, metavar="R",
-                        help="time the latency table in R passes, each cell taking --latency-statistic over them "
-                             "(default: 1; 3 with min predicted VGG16 best, BENCHMARKS.md)")
+                        help="time the latency table in 10 x R alternating passes (each runs every cell once), each "
+                             "cell taking --latency-statistic over them (default: 1; 3 with min predicted VGG16 and "
+                             "the CNN best, BENCHMARKS.md)")
     parser.add_argument("--round-to", type=int, default=None, metavar="N",
                         help="keep a multiple of N units in every layer, or all of a layer's units "
                              "(default: the target's config, any count)")

@@ -78,7 +78,8 @@ class EnvConfig:
     latency_statistic: str = "median"
     """What each cell of the latency table takes of its timed runs: the ``median`` run or the fastest (``min``)."""
     latency_table_rounds: int = 1
-    """Passes over the latency table; each cell takes ``latency_statistic`` over them (3 ``min``: VGG16's best)."""
+    """Latency-table timing: 10 x this many alternating passes, each running every cell once; each cell
+    takes ``latency_statistic`` over them (3 ``min``: VGG16's and the CNN's best)."""
 
     def check(self) -> None:
         from prune_env.evaluation import EVALUATIONS

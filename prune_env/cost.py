@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from prune_env.layer_types import LayerTypes
 from prune_env.structure import PrunableLayer, trace_shapes
@@ -146,23 +147,53 @@ def wall_ms(call: Callable[[], object], repeats: int = 20, warmup: int = 3, warm
     return 1000 * (statistics.median(times) if statistic == "median" else min(times))
 
 
-def time_interleaved(timers: Sequence[Callable[[], float]], rounds: int) -> np.ndarray:
-    """Times of several timers (each returns ms), interleaved: ``rounds`` rounds that each call
-    every timer once, so that drift of the machine hits every timer alike. Returns an array
-    of shape (rounds, len(timers)); reduce it over axis 0 with :func:`over_rounds`."""
-    if rounds < 1:
-        raise ValueError(f"rounds must be at least 1, got {rounds}")
-    return np.array([[timer() for timer in timers] for _ in range(rounds)], dtype=float)
+def time_alternating(calls: Sequence[Callable[[], object]], passes: int, warmup: int = 3,
+                     seed: int = 0, desc: str | None = None) -> np.ndarray:
+    """Milliseconds of single runs of several calls, alternating: after ``warmup`` untimed
+    runs of each, every pass runs each call once, in a fresh random order (``seed``). On a
+    shared machine the speed drifts over seconds (the CNN's batch-64 forward took 73-117 ms
+    within one minute); alternating single runs spread every slow spell over all calls
+    alike, where timing each call's runs back to back lets a spell lift one call (the CNN's
+    end-to-end timings then spread by 46-53% over rounds). Returns an array of shape
+    (passes, len(calls)); reduce it over axis 0 with :func:`over_rounds`. ``desc``: show a
+    progress bar over the passes with this label."""
+    if passes < 1:
+        raise ValueError(f"passes must be at least 1, got {passes}")
+    for call in calls:
+        for _ in range(warmup):
+            call()
+    order = np.random.default_rng(seed)
+    times = np.zeros((passes, len(calls)))
+    for p in tqdm(range(passes), desc=desc, disable=desc is None):
+        for i in order.permutation(len(calls)):
+            start = time.perf_counter()
+            calls[i]()
+            times[p, i] = time.perf_counter() - start
+    return 1000 * times
 
 
 def over_rounds(times: np.ndarray, statistic: str = "median") -> np.ndarray:
-    """Each timer's figure from :func:`time_interleaved`'s rounds, by the timers' own statistic."""
+    """Each call's figure from :func:`time_alternating`'s passes, by ``statistic``."""
     if statistic not in TIMING_STATISTICS:
         raise ValueError(f"unknown timing statistic {statistic!r}; choose one of: {', '.join(TIMING_STATISTICS)}")
     return np.median(times, axis=0) if statistic == "median" else np.min(times, axis=0)
 
 
-@torch.no_grad()
+def forward_call(model: nn.Module, example: torch.Tensor, device: torch.device) -> Callable[[], None]:
+    """A timeable call: one forward pass of ``model`` (already on ``device``; put in eval
+    mode) on ``example``, without gradients, waiting for the device to finish."""
+    model.eval()
+    x = to_device(example, device)
+    sync = synchronizer(device)
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(x)
+        sync()
+
+    return forward
+
+
 def measure_latency(model: nn.Module, example: torch.Tensor, repeats: int = 20, warmup: int = 3,
                     mixed_precision: bool = False, device: torch.device | None = None,
                     statistic: str = "median") -> dict:
@@ -170,31 +201,16 @@ def measure_latency(model: nn.Module, example: torch.Tensor, repeats: int = 20, 
     (default: where the model is; a CUDA run waits for the GPU to finish), with the batch
     size and threads used."""
     device = device or module_device(model)
-    model.eval()
-    x = to_device(example, device)
-    sync = synchronizer(device)
-
-    def forward() -> None:
-        model(x)
-        sync()
-
     with on_device(model, device), autocast(device, mixed_precision):
-        ms = wall_ms(forward, repeats, warmup, statistic=statistic)
+        ms = wall_ms(forward_call(model, example, device), repeats, warmup, statistic=statistic)
     return {"ms": ms, "batch_size": int(example.shape[0]), "device": str(device),
             "threads": torch.get_num_threads(), "repeats": repeats, "mixed_precision": mixed_precision,
             "statistic": statistic}
 
 
-def torch_ms(model: nn.Module, example: torch.Tensor, repeats: int = 20, device: torch.device | None = None,
-             statistic: str = "median") -> float:
-    """:func:`measure_latency`'s milliseconds alone (a timer for :func:`time_interleaved`)."""
-    return measure_latency(model, example, repeats=repeats, device=device, statistic=statistic)["ms"]
-
-
-def onnx_latency(path: str | Path, example: torch.Tensor, repeats: int = 20, warmup: int = 3,
-                 warmup_seconds: float = 0.2, statistic: str = "median") -> float:
-    """Milliseconds (:func:`wall_ms`'s ``statistic``) of onnxruntime (CPU, as many intra-op threads as torch uses) running the
-    ONNX file at ``path`` (input named ``input``, as :func:`prune_env.export.export_onnx`
+def onnx_call(path: str | Path, example: torch.Tensor) -> Callable[[], object]:
+    """A timeable call: onnxruntime (CPU, as many intra-op threads as torch uses) running
+    the ONNX file at ``path`` (input named ``input``, as :func:`prune_env.export.export_onnx`
     writes it) on ``example``."""
     import onnxruntime as ort
 
@@ -202,4 +218,10 @@ def onnx_latency(path: str | Path, example: torch.Tensor, repeats: int = 20, war
     options.intra_op_num_threads = torch.get_num_threads()
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     feed = {"input": example.numpy()}
-    return wall_ms(lambda: session.run(None, feed), repeats, warmup, warmup_seconds, statistic)
+    return lambda: session.run(None, feed)
+
+
+def onnx_latency(path: str | Path, example: torch.Tensor, repeats: int = 20, warmup: int = 3,
+                 warmup_seconds: float = 0.2, statistic: str = "median") -> float:
+    """Milliseconds (:func:`wall_ms`'s ``statistic``) of :func:`onnx_call`."""
+    return wall_ms(onnx_call(path, example), repeats, warmup, warmup_seconds, statistic)

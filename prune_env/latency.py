@@ -26,13 +26,18 @@ not) took 15-33% less time than random ones whose blocks sum to the same (BENCHM
 Counts that are multiples of :data:`ALIGNMENT` can run markedly faster than their
 neighbours (CPU kernels work on blocks of channels), so the widths the table times stand for the
 counts a search picks: off those multiples for an env without rounding, multiples of
-``round_to`` for one with it (a table per ``round_to``).
+``round_to`` for one with it (a table per ``round_to``). Kernels also work on channels in
+blocks of :data:`CHANNEL_BLOCK`, so time is a staircase in a layer's width: a narrow layer's
+grid holds both sides of every step.
 
 A table is built once, with a progress bar, and cached under ``$PRUNE_ENV_HOME/latency``
 by target name, architecture (a hash of the module's printout and the example input's shape
 and dtype), widths, device, batch size, threads, engine, timing statistic (the median
 run, or the fastest: :func:`prune_env.cost.wall_ms`) and timing rounds; a table measured
-with other settings is never reused.
+with other settings is never reused. Cells are timed in alternating passes (every cell once
+per pass, in a random order: :func:`prune_env.cost.time_alternating`): on a shared machine
+the speed drifts over seconds, and timing each cell's runs back to back let a slow spell
+lift some cells and not others.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -48,11 +53,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from prune_env.cost import TIMING_STATISTICS, onnx_latency, over_rounds, wall_ms
+from prune_env.cost import TIMING_STATISTICS, forward_call, onnx_call, over_rounds, time_alternating
 from prune_env.env import allowed_counts
 from prune_env.pruner import BasePruner, Pruner
 from target_models.checkpoints import atomic_write_bytes, home_dir
-from target_models.device import module_device, on_device, synchronizer, to_device
+from target_models.device import module_device
 
 ENGINES = ("torch", "onnxruntime")
 CALIBRATION_ALLOCATIONS = 9
@@ -68,6 +73,18 @@ ALIGNMENT = 8
 (BENCHMARKS.md, "Latency-aware against FLOPs-aware search")."""
 
 
+CHANNEL_BLOCK = 16
+"""CPU kernels (oneDNN's fp32 convolutions on this AVX-512 machine) work on channels in blocks of
+16: a convolution's time is a staircase in its input and output widths, flat within a block
+and a step up past each multiple of 16. The CNN's second convolution at batch 64, one thread:
+29-34 ms with 8-16 input channels, 40-43 ms with 17-32, 53 ms with 33; 19-21 ms with 40-48
+output channels, 25-27 ms with 49-64, 32 ms with 65."""
+BRACKETED_STEPS = 4
+"""Layers with at most this many steps within their widths are timed on both sides of each
+(the CNN's and VGG16's 32- and 64-channel convolutions); wider layers' steps are small against
+their width, and an even grid interpolates over them."""
+
+
 def as_searched(count: float, low: int, units: int, round_to: int | None = None) -> int:
     """The count a search would keep near ``count``: with ``round_to``, the nearest count the
     env allows (a multiple of it, or all ``units``); without, ``count`` rounded and moved one
@@ -80,10 +97,22 @@ def as_searched(count: float, low: int, units: int, round_to: int | None = None)
 
 
 def grid_widths(low: int, units: int, points: int, round_to: int | None = None) -> np.ndarray:
-    """``points`` widths from ``low`` to ``units``, evenly spaced, distinct, and each the count
-    a search would keep there (:func:`as_searched`)."""
-    spaced = np.linspace(low, units, max(2, points))
-    return np.unique([as_searched(w, low, units, round_to) for w in spaced]).astype(np.int64)
+    """The widths a layer's blocks are timed at, each the count a search would keep there
+    (:func:`as_searched`): ``points`` widths from ``low`` to ``units``, evenly spaced and
+    distinct; or, for a layer with at most :data:`BRACKETED_STEPS` multiples of
+    :data:`CHANNEL_BLOCK` between them, ``low``, ``units`` and both sides of every such step
+    (each multiple itself and the next count allowed): interpolating across a step would put
+    the jump in the middle of a flat stretch."""
+    steps = [k for k in range(CHANNEL_BLOCK, units, CHANNEL_BLOCK) if k > low]
+    if steps and len(steps) <= BRACKETED_STEPS:
+        # the last count of each block and the next count allowed: a search keeps a multiple of 16
+        # (half of 32 channels) often, and it runs with its block, not halfway up the step
+        widths = [low, units, *(w for k in steps for w in (k, k + (round_to or 1)))]
+        if not round_to or round_to == 1:
+            return np.unique(widths).astype(np.int64)
+    else:
+        widths = np.linspace(low, units, max(2, points))
+    return np.unique([as_searched(w, low, units, round_to) for w in widths]).astype(np.int64)
 
 
 def _interpolate(grid_in: np.ndarray, grid_out: np.ndarray, table: np.ndarray, a: float, b: float) -> float:
@@ -101,40 +130,17 @@ def _interpolate(grid_in: np.ndarray, grid_out: np.ndarray, table: np.ndarray, a
                  + wi * ((1 - wj) * table[i1, j0] + wj * table[i1, j1]))
 
 
-class _Timer:
-    """Times one module on one input with an engine."""
-
-    def __init__(self, engine: str, device: torch.device, repeats: int, statistic: str = "median"):
-        if engine not in ENGINES:
-            raise ValueError(f"unknown latency engine {engine!r}; choose one of: {', '.join(ENGINES)}")
-        if engine == "onnxruntime" and device.type != "cpu":
-            raise ValueError("the onnxruntime engine times on the CPU; use engine='torch' on another device")
-        if statistic not in TIMING_STATISTICS:
-            raise ValueError(f"unknown timing statistic {statistic!r}; choose one of: {', '.join(TIMING_STATISTICS)}")
-        self.engine, self.device, self.repeats, self.statistic = engine, device, repeats, statistic
-
-    @torch.no_grad()
-    def __call__(self, module: nn.Module, x: torch.Tensor) -> float:
-        module.eval()
-        if self.engine == "onnxruntime":
-            return self._onnx(module, x)
-        xd = to_device(x, self.device)
-        sync = synchronizer(self.device)
-
-        def forward() -> None:
-            module(xd)
-            sync()
-
-        with on_device(module, self.device):
-            return wall_ms(forward, self.repeats, warmup=3, warmup_seconds=0.05, statistic=self.statistic)
-
-    def _onnx(self, module: nn.Module, x: torch.Tensor) -> float:
+def _timeable(engine: str, module: nn.Module, x: torch.Tensor, device: torch.device, folder: Path,
+              name: str) -> Callable[[], object]:
+    """A call that runs ``module`` on ``x`` once with ``engine`` (onnxruntime: exported to
+    ``folder``/``name``.onnx), for :func:`prune_env.cost.time_alternating`."""
+    if engine == "onnxruntime":
         from prune_env.export import export_onnx
 
-        with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / "block.onnx"
-            export_onnx(module, x, path)
-            return onnx_latency(path, x, self.repeats, warmup=3, warmup_seconds=0.05, statistic=self.statistic)
+        path = folder / f"{name}.onnx"
+        export_onnx(module.eval(), x, path)
+        return onnx_call(path, x)
+    return forward_call(module.to(device), x, device)
 
 
 class LatencyTable:
@@ -182,20 +188,25 @@ class LatencyTable:
                 device: torch.device | str | None = None, points: int = 6, low: Sequence[int] | None = None,
                 repeats: int = 10, show_progress: bool = True, statistic: str = "median",
                 rounds: int = 1, round_to: int | None = None) -> LatencyTable:
-        """Time every block of ``pruner``'s network on its grid of widths (each cell the
-        ``statistic`` of ``repeats`` runs: see :func:`prune_env.cost.wall_ms`). With
-        ``rounds`` above 1 every cell is timed once per round (a round is one pass over the whole table:
-        seconds on the CNN, minutes on VGG16), and
-        the cell takes the same statistic over its rounds: a slow spell of the machine then
-        lifts one round of a cell, not the cell. ``round_to``: the env's rounding; the grid
+        """Time every block of ``pruner``'s network on its grid of widths, and the whole
+        network at the calibration allocations: each cell takes the ``statistic`` of
+        ``repeats * rounds`` single runs (see :func:`prune_env.cost.wall_ms`), timed in passes
+        that run every cell and calibration network once, in a random order
+        (:func:`prune_env.cost.time_alternating`), so that a slow spell of the machine lifts
+        every cell alike instead of some. ``round_to``: the env's rounding; the grid
         and the calibration networks then keep multiples of it (:func:`as_searched`)."""
         if not isinstance(pruner, Pruner):
             raise ValueError("latency tables cover sequential networks (nn.Sequential targets); this network is "
                              "pruned through a dependency graph")
         if rounds < 1:
             raise ValueError(f"rounds must be at least 1, got {rounds}")
+        if engine not in ENGINES:
+            raise ValueError(f"unknown latency engine {engine!r}; choose one of: {', '.join(ENGINES)}")
+        if statistic not in TIMING_STATISTICS:
+            raise ValueError(f"unknown timing statistic {statistic!r}; choose one of: {', '.join(TIMING_STATISTICS)}")
         device, low = _device_and_low(pruner, device, low)
-        timer = _Timer(engine, device, repeats, statistic)
+        if engine == "onnxruntime" and device.type != "cpu":
+            raise ValueError("the onnxruntime engine times on the CPU; use engine='torch' on another device")
         layers, units = pruner.layers, pruner.units
         grids = [grid_widths(int(lo), int(u), points, round_to) for lo, u in zip(low, units, strict=True)]
         example = pruner.example.repeat(batch_size, *([1] * (pruner.example.dim() - 1)))
@@ -213,41 +224,45 @@ class LatencyTable:
         anchors = [np.array([int(g[0]) for g in grids]), units.copy(),
                    *(np.array([as_searched(rng.integers(int(g[0]), int(u) + 1), int(g[0]), int(u), round_to)
                                for g, u in zip(grids, units, strict=True)]) for _ in range(CALIBRATION_ALLOCATIONS))]
-        cells = np.zeros((rounds, len(jobs)))
-        anchor_ms = np.zeros((rounds, len(anchors)))
-        progress = tqdm(total=rounds * (len(jobs) + len(anchors)), desc="latency table", disable=not show_progress)
-        for r in range(rounds):
-            for j, (i, a, b) in enumerate(jobs):
+        inputs: dict[tuple[int, int], torch.Tensor] = {}  # block i's input when layer i-1 keeps a
+        calls = []
+        with tempfile.TemporaryDirectory() as folder:
+            for j, (i, a, b) in enumerate(tqdm(jobs, desc="latency table: blocks", disable=not show_progress)):
                 counts = units.copy()
                 if i > 0:
                     counts[i - 1] = a
                 if i < len(layers):
                     counts[i] = b
-                model = pruner.prune_indices([torch.arange(int(c)) for c in counts])
-                with torch.no_grad():
-                    x = model[: bounds[i]].eval()(example) if bounds[i] > 0 else example
-                cells[r, j] = timer(model[bounds[i]: bounds[i + 1]], x)
-                progress.update()
+                model = pruner.prune_indices([torch.arange(int(c)) for c in counts]).eval()
+                if (i, a) not in inputs:
+                    with torch.no_grad():
+                        inputs[i, a] = model[: bounds[i]](example) if bounds[i] > 0 else example
+                calls.append(_timeable(engine, model[bounds[i]: bounds[i + 1]], inputs[i, a], device,
+                                       Path(folder), f"block{j}"))
             for k, counts in enumerate(anchors):
-                anchor_ms[r, k] = timer(pruner.prune_indices([torch.arange(int(c)) for c in counts]), example)
-                progress.update()
-        progress.close()
+                calls.append(_timeable(engine, pruner.prune_indices([torch.arange(int(c)) for c in counts]),
+                                       example, device, Path(folder), f"network{k}"))
+            # every cell and calibration network once per pass, in a random order: a slow spell
+            # of the machine then lifts a pass of every cell alike, not some cells
+            times = over_rounds(time_alternating(calls, repeats * rounds, seed=CALIBRATION_SEED,
+                                                 desc="latency table: timing" if show_progress else None), statistic)
+        cells, anchor_ms = times[: len(jobs)], times[len(jobs):]
         blocks = [np.zeros((len(grids[i - 1]) if i > 0 else 1, len(grids[i]))) for i in range(len(layers))]
         tail = np.zeros(len(grids[-1]))
-        for (i, a, b), ms in zip(jobs, over_rounds(cells, statistic), strict=True):
+        for (i, a, b), ms in zip(jobs, cells, strict=True):
             if i < len(layers):
                 blocks[i][(list(grids[i - 1]).index(a) if i > 0 else 0), list(grids[i]).index(b)] = ms
             else:
                 tail[list(grids[-1]).index(a)] = ms
         settings = {"batch_size": batch_size, "engine": engine, "device": str(device),
                     "threads": torch.get_num_threads(), "points": points, "repeats": repeats, "statistic": statistic,
-                    "rounds": rounds, "round_to": round_to,
+                    "rounds": rounds, "passes": repeats * rounds, "timing": "alternating", "round_to": round_to,
                     "anchor_counts": [[int(c) for c in a] for a in anchors]}
         # timing noise must not make a wider layer look faster: the clamp bisects on a cost
         # that rises with every count, so each block's times are made non-decreasing
         blocks = [np.maximum.accumulate(np.maximum.accumulate(b, axis=0), axis=1) for b in blocks]
         table = cls(grids, blocks, np.maximum.accumulate(tail), settings)
-        measured = [float(ms) for ms in over_rounds(anchor_ms, statistic)]
+        measured = [float(ms) for ms in anchor_ms]
         predicted = [table.predict(counts) for counts in anchors]
         if predicted[1] > predicted[0] and measured[1] > measured[0]:
             scale = (measured[1] - measured[0]) / (predicted[1] - predicted[0])
@@ -271,7 +286,7 @@ class LatencyTable:
                "batch_size": batch_size, "engine": engine, "device": str(device),
                "threads": torch.get_num_threads(), "points": points, "statistic": statistic,
                "calibration": ["linear", "random", CALIBRATION_ALLOCATIONS, CALIBRATION_SEED, CURVE_KNOTS],
-               "widths": ["as searched", ALIGNMENT], "round_to": round_to, **({"rounds": rounds} if rounds > 1 else {})}
+               "widths": ["as searched", ALIGNMENT, "both sides of steps", CHANNEL_BLOCK, BRACKETED_STEPS], "timing": "alternating", "round_to": round_to, **({"rounds": rounds} if rounds > 1 else {})}
         path = cache_path(key)
         if cache and path.exists():
             saved = json.loads(path.read_text())

@@ -55,13 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--engine", default="torch", choices=["torch", "onnxruntime"],
                         help="engine of the --table check")
     parser.add_argument("--rounds", type=int, default=5,
-                        help="interleaved timing rounds of the --table check (default: 5)")
+                        help="timing rounds of the --table check, each 20 alternating passes that run every network "
+                             "once in a random order (default: 5)")
     parser.add_argument("--statistic", default="median", choices=["median", "min"],
                         help="what the --table check's table and timers take of their runs: the median run "
                              "(default) or the fastest (the network's own cost, least moved by other processes)")
     parser.add_argument("--table-rounds", type=int, default=1,
-                        help="time every cell of the --table check's table in this many passes over the table, "
-                             "and take the --statistic over them (default: 1)")
+                        help="time the --table check's table in 10 x this many alternating passes (each runs every "
+                             "cell once), each cell taking the --statistic over them (default: 1)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seeds the --table check's random allocations (default: 0; the table's own calibration "
                              "allocations come from a seed of their own)")

@@ -28,15 +28,16 @@ def _cartpole_table(**kwargs) -> tuple[LatencyTable, object]:
 
 def test_the_unpruned_prediction_is_the_sum_of_the_tables_entries_and_grid_points_are_exact():
     table, pruner = _cartpole_table()
-    # the middle width is timed off a multiple of 8, where the counts a search picks mostly lie
-    assert [list(g) for g in table.grids] == [list(grid_widths(1, 64, 3))] * 2 == [[1, 31, 64]] * 2
+    # both sides of every step of 16 channels: the last count of each block and the first of the next
+    grid = [1, 16, 17, 32, 33, 48, 49, 64]
+    assert [list(g) for g in table.grids] == [list(grid_widths(1, 64, 3))] * 2 == [grid] * 2
     assert table.base == pytest.approx(table.entries_sum())
     assert table.predict(pruner.units) == pytest.approx(table.entries_sum())
-    expected = table.blocks[0][0, 1] + table.blocks[1][1, 0] + table.tail[0]  # counts (31, 1)
-    assert table.layer_times([31, 1]).sum() == pytest.approx(expected)
+    expected = table.blocks[0][0, grid.index(32)] + table.blocks[1][grid.index(32), 0] + table.tail[0]  # (32, 1)
+    assert table.layer_times([32, 1]).sum() == pytest.approx(expected)
     # between grid widths the prediction lies between its neighbours' (bilinear weights)
-    low, high = sorted((table.predict([31, 31]), table.predict([64, 31])))
-    assert low - 1e-9 <= table.predict([48, 31]) <= high + 1e-9
+    low, high = sorted((table.predict([33, 32]), table.predict([48, 32])))
+    assert low - 1e-9 <= table.predict([40, 32]) <= high + 1e-9
     calibration = table.settings.get("calibration")
     if calibration is not None:  # the whole network's two timings are predicted exactly
         assert table.predict([1, 1]) == pytest.approx(calibration["anchors_ms"][0])
@@ -60,13 +61,49 @@ def test_the_tables_widths_are_the_counts_a_search_keeps():
 
     # without rounding, off multiples of 8 (aligned counts run faster), the layer's ends kept
     assert list(grid_widths(51, 512, 6)) == [51, 143, 235, 327, 420, 512]
-    assert list(grid_widths(16, 64, 3)) == [16, 39, 64] and as_searched(16.2, 8, 64) == 15
+    assert list(grid_widths(13, 128, 6)) == [13, 36, 59, 82, 105, 128]  # 7 steps of 16: an even grid
+    assert as_searched(16.2, 8, 64) == 15
+    # a layer of few 16-channel steps is timed on both sides of each (above its smallest width):
+    # a multiple of 16 runs with its block, so the step is between it and the next count
+    assert list(grid_widths(3, 32, 6)) == [3, 16, 17, 32]
+    assert list(grid_widths(16, 64, 3)) == [16, 32, 33, 48, 49, 64]
     # with round_to, counts the env allows: multiples of it, or all the units of a narrow layer
-    assert list(grid_widths(8, 64, 6, round_to=8)) == [8, 16, 32, 40, 56, 64]
+    assert list(grid_widths(8, 64, 6, round_to=8)) == [8, 16, 24, 32, 40, 48, 56, 64]
+    assert list(grid_widths(13, 128, 6, round_to=8)) == [16, 32, 56, 80, 104, 128]
     assert list(grid_widths(4, 4, 6, round_to=8)) == [4] and as_searched(13, 8, 64, round_to=8) == 16
     table, _ = _cartpole_table(round_to=16)
-    assert [list(g) for g in table.grids] == [[16, 32, 64]] * 2 and table.settings["round_to"] == 16
+    assert [list(g) for g in table.grids] == [[16, 32, 48, 64]] * 2 and table.settings["round_to"] == 16
     assert all(c % 16 == 0 for a in table.settings["anchor_counts"] for c in a)  # its calibration networks too
+
+
+def test_a_staircase_in_16_channel_blocks_is_predicted_exactly_at_every_count(monkeypatch):
+    """Kernels that work on 16 channels at a time: a layer's time is flat within a block and
+    steps up past each multiple of 16. The grid's both sides of every step let the table
+    predict such a cost exactly, where an even grid would put each step between two widths."""
+    from prune_env import cost, latency
+
+    def blocks(n: int) -> int:
+        return -(-n // 16)
+
+    def staircase(module) -> float:
+        return sum(0.01 * blocks(m.in_features) * blocks(m.out_features)
+                   for m in module.modules() if isinstance(m, torch.nn.Linear))
+
+    clock = [0.0]
+    monkeypatch.setattr(cost.time, "perf_counter", lambda: clock[0])
+
+    def timeable(engine, module, x, device, folder, name):
+        ms = staircase(module)
+        return lambda: clock.__setitem__(0, clock[0] + ms / 1000)
+
+    monkeypatch.setattr(latency, "_timeable", timeable)
+    target = get_target("cartpole_policy")
+    pruner = make_pruner(target.build_model().eval(), target.example_input())
+    table = LatencyTable.measure(pruner, show_progress=False, repeats=1)
+    for a in range(1, 65):
+        for b in (1, 15, 16, 17, 40, 64):
+            truth = 0.01 * (blocks(4) * blocks(a) + blocks(a) * blocks(b) + blocks(b) * blocks(2))
+            assert table.predict([a, b]) == pytest.approx(truth, rel=1e-6), (a, b)
 
 
 def test_the_calibration_curve_is_monotone_and_exact_at_both_ends():
@@ -256,19 +293,43 @@ def test_latency_compare_builds_every_arm_at_its_budget_and_resumes(tmp_path, sy
         assert row["within_5pct"] == (abs(measured / 0.5 - 1) <= 0.05)
 
 
-def test_interleaved_timing_calls_every_timer_once_per_round():
-    from prune_env.cost import time_interleaved
+def test_alternating_passes_run_every_call_once_in_a_fresh_order():
+    from prune_env.cost import time_alternating
 
-    calls = []
-    timers = [lambda i=i: calls.append(i) or float(i) for i in range(3)]
-    times = time_interleaved(timers, rounds=2)
-    assert calls == [0, 1, 2, 0, 1, 2]
-    assert times.shape == (2, 3) and times[1].tolist() == [0.0, 1.0, 2.0]
-    with pytest.raises(ValueError, match="rounds"):
-        time_interleaved(timers, rounds=0)
+    ran = []
+    calls = [lambda i=i: ran.append(i) for i in range(5)]
+    times = time_alternating(calls, passes=6, warmup=1)
+    assert ran[:5] == [0, 1, 2, 3, 4]  # the warm-up runs each call first
+    passes = [ran[5 + 5 * p: 10 + 5 * p] for p in range(6)]
+    assert all(sorted(p) == [0, 1, 2, 3, 4] for p in passes)
+    assert len({tuple(p) for p in passes}) > 1  # the order changes between passes
+    assert times.shape == (6, 5) and (times >= 0).all()
+    with pytest.raises(ValueError, match="passes"):
+        time_alternating(calls, passes=0)
 
 
-def test_the_table_check_reports_both_errors_against_interleaved_timings(monkeypatch):
+def test_alternating_passes_spread_a_slow_spell_over_every_call(monkeypatch):
+    """A machine three times slower for its first 30 ms: calls of 1, 2 and 3 ms timed back to
+    back let the spell lift the first one alone; alternating passes keep their ratios."""
+    from prune_env import cost
+
+    clock = [0.0]
+    monkeypatch.setattr(cost.time, "perf_counter", lambda: clock[0])
+
+    def call(ms):
+        def run():
+            clock[0] += ms * (3 if clock[0] < 0.030 else 1) / 1000
+        return run
+
+    calls = [call(1.0), call(2.0), call(3.0)]
+    back_to_back = np.array([cost.wall_ms(c, repeats=9, warmup=0, warmup_seconds=0) for c in calls])
+    assert back_to_back[1] / back_to_back[0] < 1  # the spell made the 2-ms call look faster than the 1-ms one
+    clock[0] = 0.0
+    alternating = cost.over_rounds(cost.time_alternating(calls, passes=9, warmup=0), "median")
+    assert alternating / alternating[0] == pytest.approx([1.0, 2.0, 3.0])
+
+
+def test_the_table_check_reports_both_errors_against_alternating_timings(monkeypatch):
     from experiments import latency_error
 
     table, pruner = _cartpole_table()
