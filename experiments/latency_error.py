@@ -37,8 +37,8 @@ def table_errors(target, model, batches: list[int], n: int, engine: str, seed: i
     fraction of the unpruned network's latency against the measured fraction
     (``ratio_error``: the budget clamp works on that fraction, and it does not depend on how
     fast this process runs the unpruned network). ``spread`` is the timer's own: max over
-    min of an allocation's rounds (each its statistic of its passes), minus 1. ``table_rounds``: the table's own timing rounds
-    (see :meth:`LatencyTable.measure`). ``round_to``: every count is moved to the nearest
+    min of an allocation's rounds (each the statistic of its passes), minus 1.
+    ``table_rounds``: the table's own timing rounds (see :meth:`LatencyTable.measure`). ``round_to``: every count is moved to the nearest
     multiple of it that the env allows, and the table is the one an env with that rounding builds."""
     pruner = make_pruner(model, target.example_input())
     low = [int(allowed_counts(int(u), keep_count(0.1, int(u)), round_to)[0]) for u in pruner.units]
@@ -60,7 +60,8 @@ def table_errors(target, model, batches: list[int], n: int, engine: str, seed: i
             x = target.example_input(batch)
             calls = ([onnx_call(path, x) for path in paths] if paths
                      else [forward_call(m.to(target.device), x, target.device) for m in pruned])
-            times = time_alternating(calls, PASSES_PER_ROUND * rounds, seed=seed, desc=f"timing at batch {batch}").reshape(rounds, PASSES_PER_ROUND, -1)
+            times = time_alternating(calls, PASSES_PER_ROUND * rounds, seed=seed, desc=f"timing at batch {batch}")
+            times = times.reshape(rounds, PASSES_PER_ROUND, -1)
             rows += [{**r, "seed": seed} for r in _error_rows(target.name, engine, batch, allocations, table, times,
                                                               statistic)]
     return rows
