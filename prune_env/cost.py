@@ -9,7 +9,6 @@ enough to call inside every environment step; tests check it against fvcore.
 
 from __future__ import annotations
 
-import statistics
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -139,12 +138,7 @@ def wall_ms(call: Callable[[], object], repeats: int = 20, warmup: int = 3, warm
     while done < warmup or time.perf_counter() - started < warmup_seconds:
         call()
         done += 1
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return 1000 * (statistics.median(times) if statistic == "median" else min(times))
+    return float(over_rounds(time_alternating([call], repeats, warmup=0), statistic)[0])
 
 
 def time_alternating(calls: Sequence[Callable[[], object]], passes: int, warmup: int = 3,

@@ -76,11 +76,21 @@ def test_the_tables_widths_are_the_counts_a_search_keeps():
     assert all(c % 16 == 0 for a in table.settings["anchor_counts"] for c in a)  # its calibration networks too
 
 
-def test_a_staircase_in_16_channel_blocks_is_predicted_exactly_at_every_count(monkeypatch):
+@pytest.fixture
+def fake_clock(monkeypatch) -> list[float]:
+    """The timers' clock, in seconds, as a one-item list that the fake calls advance."""
+    from prune_env import cost
+
+    clock = [0.0]
+    monkeypatch.setattr(cost.time, "perf_counter", lambda: clock[0])
+    return clock
+
+
+def test_a_staircase_in_16_channel_blocks_is_predicted_exactly_at_every_count(monkeypatch, fake_clock):
     """Kernels that work on 16 channels at a time: a layer's time is flat within a block and
     steps up past each multiple of 16. The grid's both sides of every step let the table
     predict such a cost exactly, where an even grid would put each step between two widths."""
-    from prune_env import cost, latency
+    from prune_env import latency
 
     def blocks(n: int) -> int:
         return -(-n // 16)
@@ -89,12 +99,9 @@ def test_a_staircase_in_16_channel_blocks_is_predicted_exactly_at_every_count(mo
         return sum(0.01 * blocks(m.in_features) * blocks(m.out_features)
                    for m in module.modules() if isinstance(m, torch.nn.Linear))
 
-    clock = [0.0]
-    monkeypatch.setattr(cost.time, "perf_counter", lambda: clock[0])
-
     def timeable(engine, module, x, device, folder, name):
         ms = staircase(module)
-        return lambda: clock.__setitem__(0, clock[0] + ms / 1000)
+        return lambda: fake_clock.__setitem__(0, fake_clock[0] + ms / 1000)
 
     monkeypatch.setattr(latency, "_timeable", timeable)
     target = get_target("cartpole_policy")
@@ -308,13 +315,12 @@ def test_alternating_passes_run_every_call_once_in_a_fresh_order():
         time_alternating(calls, passes=0)
 
 
-def test_alternating_passes_spread_a_slow_spell_over_every_call(monkeypatch):
+def test_alternating_passes_spread_a_slow_spell_over_every_call(fake_clock):
     """A machine three times slower for its first 30 ms: calls of 1, 2 and 3 ms timed back to
     back let the spell lift the first one alone; alternating passes keep their ratios."""
     from prune_env import cost
 
-    clock = [0.0]
-    monkeypatch.setattr(cost.time, "perf_counter", lambda: clock[0])
+    clock = fake_clock
 
     def call(ms):
         def run():
