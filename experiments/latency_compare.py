@@ -135,10 +135,12 @@ def run_arms(target: Target, config: dict, agent: str, budgets: list[float], bat
     return runs
 
 
-def time_networks(target: Target, runs: list[dict], rounds: int = 5, repeats: int = 20) -> pd.DataFrame:
+def time_networks(target: Target, runs: list[dict], rounds: int = 5, repeats: int = 20,
+                  statistic: str = "median") -> pd.DataFrame:
     """Measured latency (ms) of the unpruned network and of every run's pruned network at the
-    run's batch size, in PyTorch (eager) and onnxruntime: the median of ``rounds * repeats``
-    single runs, alternating (every network and engine once per pass, in a random order:
+    run's batch size, in PyTorch (eager) and onnxruntime: the ``statistic`` (``median`` or
+    ``min``; give the one the latency table was timed with) of ``rounds * repeats`` single
+    runs, alternating (every network and engine once per pass, in a random order:
     :func:`prune_env.cost.time_alternating`), so that drift of the machine hits every network
     alike. One row per run."""
     base = target.load_pretrained().eval()
@@ -153,13 +155,14 @@ def time_networks(target: Target, runs: list[dict], rounds: int = 5, repeats: in
                 export_onnx(model, target.example_input(2), path)
             calls = [call for model, path in zip(models, paths, strict=True)
                      for call in (forward_call(model.to(target.device), x, target.device), onnx_call(path, x))]
-            ms = over_rounds(time_alternating(calls, rounds * repeats)).reshape(len(models), 2)
+            ms = over_rounds(time_alternating(calls, rounds * repeats), statistic).reshape(len(models), 2)
             for i, run in enumerate(batch_runs, start=1):
                 report = json.loads((run["folder"] / "report.json").read_text())
                 row = {"batch": batch, "latency_budget": run["budget"], "policy": run["arm"], "seed": report["seed"],
                        "metric_pruned": report["metric_pruned"], "metric_finetuned": report["metric_finetuned"],
                        "flops_ratio": report["flops_ratio"],
-                       "predicted_ratio": run.get("predicted_ratio", report.get("latency_ratio_predicted")), "keep_counts": report["keep_counts"]}
+                       "predicted_ratio": run.get("predicted_ratio", report.get("latency_ratio_predicted")),
+                       "keep_counts": report["keep_counts"], "timing_statistic": statistic}
                 for j, engine in enumerate(("torch", "onnxruntime")):
                     row[f"{engine}_base_ms"] = round(float(ms[0, j]), 3)
                     row[f"{engine}_ms"] = round(float(ms[i, j]), 3)

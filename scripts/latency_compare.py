@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--val-size", type=int, default=None,
                         help="validation examples per measurement (default: the target's config)")
     parser.add_argument("--timing-rounds", type=int, default=5,
-                        help="rounds of timing every network (the median is reported)")
+                        help="rounds of 20 alternating runs of every network; the table's statistic "
+                             "(env.latency_statistic: median or min) of all of them is reported")
     parser.add_argument("--config", default=None, help="a YAML file overriding the packaged configs")
     parser.add_argument("--out", required=True, help="folder for the run folders and the tables")
     return parser
@@ -86,14 +87,16 @@ def main() -> None:
     target.ensure_pretrained(start=False)  # an interrupted pretraining is finished, not pruned half-trained
     out = Path(args.out)
     runs = run_arms(target, config, args.agent, budgets, batches, list(range(args.seeds)), out, args.round_to)
-    print("timing every network (PyTorch and onnxruntime)...")
-    table = time_networks(target, runs, rounds=args.timing_rounds)
+    statistic = config["env"].get("latency_statistic", "median")  # the table's: ratios compare like with like
+    print(f"timing every network (PyTorch and onnxruntime, the {statistic} of {args.timing_rounds * 20} runs)...")
+    table = time_networks(target, runs, rounds=args.timing_rounds, statistic=statistic)
     table.to_csv(out / "runs.csv", index=False)
     results = summarize(table)
     results.to_csv(out / "results.csv", index=False)
     header = (f"Target `{target.name}`, {args.agent} with {config['search']['episodes']} episodes per search, "
               f"fine-tuned {config['evaluate']['finetune_epochs']} epoch(s); measured latency ratios are "
-              f"pruned / unpruned at the budget's batch size.\n\n")
+              f"pruned / unpruned at the budget's batch size, the {statistic} of {args.timing_rounds * 20} "
+              f"alternating runs each.\n\n")
     (out / "results.md").write_text(header + results.to_markdown(index=False) + "\n")
     print((out / "results.md").read_text())
     print(f"wrote {out}/runs.csv, results.csv, results.md")

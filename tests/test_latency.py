@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from unittest.mock import patch
 
 import numpy as np
 import pytest
@@ -293,6 +294,14 @@ def test_latency_compare_builds_every_arm_at_its_budget_and_resumes(tmp_path, sy
     assert stamps == [(r["folder"] / "report.json").stat().st_mtime_ns for r in runs]
     table = time_networks(target, runs, rounds=1, repeats=3)
     assert len(table) == 5 and (table["torch_ms"] > 0).all() and (table["onnxruntime_ms"] > 0).all()
+    assert (table["timing_statistic"] == "median").all()
+    # the statistic is the table's: with "min", the fastest of each network's passes
+    passes = np.arange(36, dtype=float).reshape(3, 12) + 1  # 3 passes of 6 networks x 2 engines
+    with patch("experiments.latency_compare.time_alternating", return_value=passes):
+        fastest = time_networks(target, runs, rounds=1, repeats=3, statistic="min")
+    assert fastest["torch_ms"].tolist() == [3.0, 5.0, 7.0, 9.0, 11.0]  # pass 1, networks 1-5 (0 is unpruned)
+    assert fastest["torch_ratio"].tolist() == pytest.approx([3.0, 5.0, 7.0, 9.0, 11.0])
+    assert (fastest["timing_statistic"] == "min").all()
     results = summarize(table)
     assert set(results["policy"]) == {r["arm"] for r in runs}
     for _, row in results.iterrows():
