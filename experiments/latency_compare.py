@@ -36,6 +36,9 @@ from prune_env.env import PruningEnv, lowest_flops_ratio
 from prune_env.export import export_onnx, load_pruned
 from target_models import Target
 
+TIMING_REPEATS = 20
+"""Alternating runs of every network per timing round."""
+
 ARMS = ("uniform", "flops_search", "flops_search_matched", "latency_search", "latency_search_round")
 
 
@@ -135,7 +138,7 @@ def run_arms(target: Target, config: dict, agent: str, budgets: list[float], bat
     return runs
 
 
-def time_networks(target: Target, runs: list[dict], rounds: int = 5, repeats: int = 20,
+def time_networks(target: Target, runs: list[dict], rounds: int = 5, repeats: int = TIMING_REPEATS,
                   statistic: str = "median") -> pd.DataFrame:
     """Measured latency (ms) of the unpruned network and of every run's pruned network at the
     run's batch size, in PyTorch (eager) and onnxruntime: the ``statistic`` (``median`` or

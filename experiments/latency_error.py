@@ -38,8 +38,9 @@ def table_errors(target, model, batches: list[int], n: int, engine: str, seed: i
     (``ratio_error``: the budget clamp works on that fraction, and it does not depend on how
     fast this process runs the unpruned network). ``spread`` is the timer's own: max over
     min of an allocation's rounds (each the statistic of its passes), minus 1.
-    ``table_rounds``: the table's own timing rounds (see :meth:`LatencyTable.measure`). ``round_to``: every count is moved to the nearest
-    multiple of it that the env allows, and the table is the one an env with that rounding builds."""
+    ``table_rounds``: the table's own timing rounds (see :meth:`LatencyTable.measure`).
+    ``round_to``: every count is moved to the nearest multiple of it that the env allows, and
+    the table is the one an env with that rounding builds."""
     pruner = make_pruner(model, target.example_input())
     low = [int(allowed_counts(int(u), keep_count(0.1, int(u)), round_to)[0]) for u in pruner.units]
     rng = np.random.default_rng(seed)

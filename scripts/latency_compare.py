@@ -21,7 +21,13 @@ import argparse
 from pathlib import Path
 
 from agents.search import AGENTS
-from experiments.latency_compare import lowest_latency_ratio, run_arms, summarize, time_networks
+from experiments.latency_compare import (
+    TIMING_REPEATS,
+    lowest_latency_ratio,
+    run_arms,
+    summarize,
+    time_networks,
+)
 from prune_env.cli import (
     UsageError,
     add_target_arguments,
@@ -50,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--val-size", type=int, default=None,
                         help="validation examples per measurement (default: the target's config)")
     parser.add_argument("--timing-rounds", type=int, default=5,
-                        help="rounds of 20 alternating runs of every network; the table's statistic "
+                        help=f"rounds of {TIMING_REPEATS} alternating runs of every network; the table's statistic "
                              "(env.latency_statistic: median or min) of all of them is reported")
     parser.add_argument("--config", default=None, help="a YAML file overriding the packaged configs")
     parser.add_argument("--out", required=True, help="folder for the run folders and the tables")
@@ -88,14 +94,15 @@ def main() -> None:
     out = Path(args.out)
     runs = run_arms(target, config, args.agent, budgets, batches, list(range(args.seeds)), out, args.round_to)
     statistic = config["env"].get("latency_statistic", "median")  # the table's: ratios compare like with like
-    print(f"timing every network (PyTorch and onnxruntime, the {statistic} of {args.timing_rounds * 20} runs)...")
+    passes = args.timing_rounds * TIMING_REPEATS
+    print(f"timing every network (PyTorch and onnxruntime, the {statistic} of {passes} runs)...")
     table = time_networks(target, runs, rounds=args.timing_rounds, statistic=statistic)
     table.to_csv(out / "runs.csv", index=False)
     results = summarize(table)
     results.to_csv(out / "results.csv", index=False)
     header = (f"Target `{target.name}`, {args.agent} with {config['search']['episodes']} episodes per search, "
               f"fine-tuned {config['evaluate']['finetune_epochs']} epoch(s); measured latency ratios are "
-              f"pruned / unpruned at the budget's batch size, the {statistic} of {args.timing_rounds * 20} "
+              f"pruned / unpruned at the budget's batch size, the {statistic} of {passes} "
               f"alternating runs each.\n\n")
     (out / "results.md").write_text(header + results.to_markdown(index=False) + "\n")
     print((out / "results.md").read_text())

@@ -299,7 +299,8 @@ def test_latency_compare_builds_every_arm_at_its_budget_and_resumes(tmp_path, sy
     passes = np.arange(36, dtype=float).reshape(3, 12) + 1  # 3 passes of 6 networks x 2 engines
     with patch("experiments.latency_compare.time_alternating", return_value=passes):
         fastest = time_networks(target, runs, rounds=1, repeats=3, statistic="min")
-    assert fastest["torch_ms"].tolist() == [3.0, 5.0, 7.0, 9.0, 11.0]  # the first pass of networks 1-5 (0 is the unpruned one)
+    # the first pass of networks 1-5 (network 0 is the unpruned one)
+    assert fastest["torch_ms"].tolist() == [3.0, 5.0, 7.0, 9.0, 11.0]
     assert fastest["torch_ratio"].tolist() == pytest.approx([3.0, 5.0, 7.0, 9.0, 11.0])
     assert (fastest["timing_statistic"] == "min").all()
     results = summarize(table)
