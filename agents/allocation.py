@@ -10,10 +10,12 @@ from collections.abc import Callable
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 from prune_env.bisection import counts_within_flops
-from prune_env.env import PruningEnv
+from prune_env.env import PruningEnv, network_key
 from prune_env.importance import global_threshold_counts
+from prune_env.surgery import top_units
 
 
 def counts_meeting_budget(env: PruningEnv, counts_at: Callable[[float], np.ndarray], budget: float,
@@ -64,3 +66,25 @@ def play_actions(env: PruningEnv | gym.Env, action_for: Callable[[int], np.ndarr
     from agents.parallel import play_episodes
 
     return play_episodes(env, [lambda layer, obs: action_for(layer)], [seed])[0]
+
+
+def global_threshold_units(env: PruningEnv, criterion: str) -> list[torch.Tensor]:
+    """The units one global threshold on per-layer-normalised ``criterion`` scores keeps at
+    the budget (every unit without a budget): the ``l1`` / ``ngf`` heuristic's network."""
+    scores = [env.pruner.keep_scores(i, criterion) for i in range(env.n_layers)]
+    counts = env.units if env.budget is None else global_threshold_allocation(env, scores)
+    return [top_units(s, int(n)) for s, n in zip(scores, counts, strict=True)]
+
+
+def heuristic_starts(env: PruningEnv, by_widths: bool = False) -> dict[str, list[torch.Tensor]]:
+    """The distinct networks of the single-shot heuristics, as kept units per layer:
+    ``uniform`` (the env's criterion picks the units), ``l1`` and ``ngf``. With ``by_widths``
+    networks of the same widths count as one (for agents that choose widths and leave the
+    units to the env's criterion)."""
+    uniform = env.pruner.keep_indices(env.pruner.keep_counts(meet_budget(env, np.ones(env.n_layers))), env.criterion)
+    starts: dict[tuple, tuple[str, list[torch.Tensor]]] = {}
+    for name, kept in [("uniform", uniform), ("l1", global_threshold_units(env, "l1")),
+                       ("ngf", global_threshold_units(env, "activation"))]:
+        key = tuple(len(k) for k in kept) if by_widths else network_key(None, [sorted(k.tolist()) for k in kept])
+        starts.setdefault(key, (name, kept))
+    return dict(starts.values())

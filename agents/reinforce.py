@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.allocation import meet_budget
+from agents.allocation import heuristic_starts, meet_budget
 from agents.parallel import play_episodes
 from prune_env.env import PruningEnv
 from target_models.checkpoints import CheckpointError, atomic_save
@@ -69,6 +69,10 @@ class BatchReinforce:
         wrapped), updating after every batch. ``callback(agent)`` runs after each update; ``False`` from it stops.
         With :attr:`workers` set, each batch's networks are measured in parallel (same results)."""
         env = env or self.env
+        if self._starts_at_best() and self.episodes_done == 0 and total_episodes > 0:
+            total_episodes -= self._play_heuristic_starts(env, total_episodes)
+            if callback is not None and callback(self) is False:
+                return self
         target = self.episodes_done + total_episodes
         while self.episodes_done < target:
             n = min(self.hparams["batch_episodes"], target - self.episodes_done)
@@ -90,6 +94,38 @@ class BatchReinforce:
             if callback is not None and callback(self) is False:
                 break
         return self
+
+    # ---- starting at the best heuristic's network (init: best) --------------------------
+    def _starts_at_best(self) -> bool:
+        """Whether the first episodes play the single-shot heuristics' networks and the
+        policies then start at the best of them by reward."""
+        return False
+
+    def _heuristic_starts(self) -> dict[str, list[torch.Tensor]]:
+        """The heuristics' networks this agent can play, as kept units per layer."""
+        return heuristic_starts(self.env.unwrapped, by_widths=self.action_mode == "ratio")
+
+    def _playing(self, kept: list[torch.Tensor]):
+        """An episode's ``act(layer, obs)`` that plays the network keeping ``kept``."""
+        raise NotImplementedError
+
+    def _start_at(self, report: dict) -> None:
+        """Move the policies to the network of an episode's report."""
+        raise NotImplementedError
+
+    def _play_heuristic_starts(self, env, limit: int) -> int:
+        """Play (at most ``limit`` of) the heuristics' networks as the search's first
+        episodes, start the policies at the best by reward (the first on a tie), record it in
+        :attr:`start`; the number of episodes played."""
+        starts = list(self._heuristic_starts().items())[:limit]
+        reports = play_episodes(env, [self._playing(kept) for _, kept in starts], [0] * len(starts), self.workers)
+        rewards = [float(report["reward"]) for report in reports]
+        best = int(np.argmax(rewards))
+        self._start_at(reports[best])
+        self.start = {"network": starts[best][0],
+                      "rewards": {name: r for (name, _), r in zip(starts, rewards, strict=True)}}
+        self.episodes_done += len(starts)
+        return len(starts)
 
     # ---- checkpoints -----------------------------------------------------------------
     def save(self, path: str | Path) -> None:
@@ -140,23 +176,35 @@ class LayerPolicy(nn.Module):
     def __init__(self, obs_dim: int, hidden: int = 32, init_keep: float = 0.6, min_keep: float = 0.1):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(obs_dim, hidden), nn.Tanh(), nn.Linear(hidden, 1))
-        p = float(np.clip((init_keep - min_keep) / (1 - min_keep), 0.02, 0.98))
         with torch.no_grad():
             self.net[2].weight.mul_(0.1)
-            self.net[2].bias.fill_(float(np.log(p / (1 - p))))
+        self.start_at(init_keep, min_keep)
         self.log_std = nn.Parameter(torch.tensor(-0.5))
+
+    def start_at(self, keep: float, min_keep: float) -> None:
+        """Centre the keep-ratio the policy chooses on average at ``keep`` (the output bias)."""
+        p = float(np.clip((keep - min_keep) / (1 - min_keep), 0.02, 0.98))
+        with torch.no_grad():
+            self.net[2].bias.fill_(float(np.log(p / (1 - p))))
 
     def forward(self, obs: torch.Tensor) -> torch.distributions.Normal:
         return torch.distributions.Normal(self.net(obs).squeeze(-1), self.log_std.exp())
 
 
-def starting_keep_ratios(env: PruningEnv, init_keep: float | None) -> np.ndarray:
+START_AT_BEST = "best"
+"""``init_keep`` that starts the per-layer policies at the best single-shot heuristic's widths."""
+
+
+def starting_keep_ratios(env: PruningEnv, init_keep: float | str | None) -> np.ndarray:
     """The keep-ratio each layer's untrained policy chooses on average: ``init_keep`` in
     every layer, or (``None``) the budget's uniform keep-ratio, so that the first episodes
-    spend the budget evenly instead of leaving the budget clamp to fill the last layers."""
-    if init_keep is not None:
-        return np.full(env.n_layers, init_keep)
-    return meet_budget(env, np.ones(env.n_layers))
+    spend the budget evenly instead of leaving the budget clamp to fill the last layers
+    (with ``"best"`` too, until the heuristics' networks are measured)."""
+    if init_keep is None or init_keep == START_AT_BEST:
+        return meet_budget(env, np.ones(env.n_layers))
+    if not 0 < float(init_keep) < 1:
+        raise ValueError(f"init_keep must lie in (0, 1), be null or {START_AT_BEST!r}; got {init_keep!r}")
+    return np.full(env.n_layers, float(init_keep))
 
 
 class ReinforceLayerAgents(BatchReinforce):
@@ -170,7 +218,7 @@ class ReinforceLayerAgents(BatchReinforce):
         learning_rate: float = 3e-3,
         batch_episodes: int = 8,
         hidden: int = 32,
-        init_keep: float | None = 0.6,
+        init_keep: float | str | None = 0.6,
         entropy_coef: float = 0.0,
         seed: int = 0,
     ):
@@ -181,6 +229,17 @@ class ReinforceLayerAgents(BatchReinforce):
         policies = nn.ModuleList(LayerPolicy(obs_dim, hidden, float(keep), env.min_keep)
                                  for keep in starting_keep_ratios(env, init_keep))
         super().__init__(env, policies, hparams)
+
+    def _starts_at_best(self) -> bool:
+        return self.hparams["init_keep"] == START_AT_BEST
+
+    def _playing(self, kept: list[torch.Tensor]):
+        ratios = [len(k) / int(u) for k, u in zip(kept, self.env.unwrapped.units, strict=True)]
+        return lambda layer, obs: np.array([ratios[layer]], dtype=np.float32)
+
+    def _start_at(self, report: dict) -> None:
+        for policy, keep in zip(self.policies, report["keep_ratios"], strict=True):
+            policy.start_at(float(keep), self.env.min_keep)
 
     def _distribution(self, layer, obs):
         return self.policies[layer](obs)

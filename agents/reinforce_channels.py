@@ -32,12 +32,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.allocation import global_threshold_allocation, meet_budget
-from agents.parallel import play_episodes
+from agents.allocation import global_threshold_units, meet_budget
 from agents.reinforce import BatchReinforce
 from prune_env.config import CHANNEL_INITS as INITS
-from prune_env.env import PruningEnv, mask_scores, network_key
-from prune_env.surgery import top_units
+from prune_env.env import PruningEnv, mask_scores
 
 
 class ChannelAgent(nn.Module):
@@ -80,25 +78,6 @@ def initial_logits(env: PruningEnv, init: str, init_keep: float | None, importan
     return logits
 
 
-def global_threshold_units(env: PruningEnv, criterion: str) -> list[torch.Tensor]:
-    """The units one global threshold on per-layer-normalised ``criterion`` scores keeps at
-    the budget (every unit without a budget): the ``l1`` / ``ngf`` heuristic's network."""
-    scores = [env.pruner.keep_scores(i, criterion) for i in range(env.n_layers)]
-    counts = env.units if env.budget is None else global_threshold_allocation(env, scores)
-    return [top_units(s, int(n)) for s, n in zip(scores, counts, strict=True)]
-
-
-def heuristic_starts(env: PruningEnv) -> dict[str, list[torch.Tensor]]:
-    """The distinct networks of the single-shot heuristics, as kept units per layer:
-    ``uniform`` (the env's criterion picks the units), ``l1`` and ``ngf``."""
-    uniform = env.pruner.keep_indices(env.pruner.keep_counts(meet_budget(env, np.ones(env.n_layers))), env.criterion)
-    starts: dict[tuple, tuple[str, list[torch.Tensor]]] = {}
-    for name, kept in [("uniform", uniform), ("l1", global_threshold_units(env, "l1")),
-                       ("ngf", global_threshold_units(env, "activation"))]:
-        starts.setdefault(network_key(None, [sorted(k.tolist()) for k in kept]), (name, kept))
-    return dict(starts.values())
-
-
 def logits_keeping(env: PruningEnv, kept: list[torch.Tensor], keep: float) -> list[torch.Tensor]:
     """Logits that keep units ``kept[i]`` of layer i with probability ``keep`` and drop the
     others with the same probability."""
@@ -137,38 +116,22 @@ class ReinforceChannelAgents(BatchReinforce):
         self._width = base.action_space.shape[0]
         super().__init__(env, policies, hparams)
 
-    def learn(self, total_episodes: int, env=None, callback=None):
-        """As :meth:`BatchReinforce.learn`; with ``init: best`` the first episodes of the
-        first call play the heuristics' networks and the agent starts from the best."""
-        if self.hparams["init"] == "best" and self.episodes_done == 0 and total_episodes > 0:
-            played = self._play_heuristic_starts(env or self.env, total_episodes)
-            total_episodes -= played
-            if callback is not None and callback(self) is False:
-                return self
-        return super().learn(total_episodes, env=env, callback=callback)
+    def _starts_at_best(self) -> bool:
+        return self.hparams["init"] == "best"
 
-    def _play_heuristic_starts(self, env, limit: int) -> int:
-        starts = list(heuristic_starts(self.env.unwrapped).items())[:limit]
+    def _playing(self, kept: list[torch.Tensor]):
+        def mask(layer: int, obs) -> np.ndarray:
+            scores = np.zeros(self._width, dtype=np.float32)
+            scores[kept[layer]] = 1.0
+            return scores
+        return mask
 
-        def keeping(kept: list[torch.Tensor]):
-            def mask(layer: int, obs) -> np.ndarray:
-                scores = np.zeros(self._width, dtype=np.float32)
-                scores[kept[layer]] = 1.0
-                return scores
-            return mask
-
-        reports = play_episodes(env, [keeping(kept) for _, kept in starts], [0] * len(starts), self.workers)
-        rewards = {name: (float(report["reward"]), [torch.as_tensor(k) for k in report["kept_units"]])
-                   for (name, _), report in zip(starts, reports, strict=True)}
-        best = max(rewards, key=lambda n: rewards[n][0])  # the first on a tie
+    def _start_at(self, report: dict) -> None:
         keep = 0.9 if self.hparams["init_keep"] is None else self.hparams["init_keep"]
+        kept = [torch.as_tensor(k) for k in report["kept_units"]]
         with torch.no_grad():
-            for policy, logits in zip(self.policies, logits_keeping(self.env.unwrapped, rewards[best][1], keep),
-                                      strict=True):
+            for policy, logits in zip(self.policies, logits_keeping(self.env.unwrapped, kept, keep), strict=True):
                 policy.logits.copy_(logits)
-        self.start = {"network": best, "rewards": {n: r for n, (r, _) in rewards.items()}}
-        self.episodes_done += len(rewards)
-        return len(rewards)
 
     def _distribution(self, layer, obs):
         return self.policies[layer]()

@@ -193,17 +193,20 @@ class ReinforceConfig:
     batch_episodes: int = 8
     """Episodes per update (rewards are normalised within the batch)."""
     hidden: int = 32
-    init_keep: float | None = 0.6
+    init_keep: float | str | None = 0.6
     """Keep-ratio the untrained policies choose on average, in (min_keep, 1) (``null``: the budget's uniform
-    keep-ratio in every layer, so the first episodes do not leave the budget clamp to fill the last layers)."""
+    keep-ratio in every layer, so the first episodes do not leave the budget clamp to fill the last layers;
+    ``best``: the widths of the best single-shot heuristic by the search's reward, whose networks the first
+    episodes measure)."""
     entropy_coef: float = 0.0
 
     def check(self) -> None:
         _fail(self.learning_rate <= 0, f"agent.learning_rate must be above 0, got {self.learning_rate}")
         _check_reinforce_batch(self.batch_episodes)
         _at_least("agent.hidden", self.hidden, 1)
-        _fail(self.init_keep is not None and not 0 < self.init_keep < 1,
-              f"agent.init_keep must lie in (0, 1) or be null, got {self.init_keep}")
+        _fail(self.init_keep is not None and self.init_keep != "best"
+              and (isinstance(self.init_keep, str) or not 0 < self.init_keep < 1),
+              f"agent.init_keep must lie in (0, 1), be null or 'best', got {self.init_keep!r}")
         _fail(self.entropy_coef < 0, f"agent.entropy_coef must be at least 0, got {self.entropy_coef}")
 
 

@@ -251,3 +251,28 @@ def test_reinforce_starting_at_the_budgets_uniform_ratio_leaves_no_layer_to_the_
     fixed = run_episode(env, make_agent("reinforce", env, {"init_keep": 0.6}, seed=0), seed=0,
                         deterministic=True)["keep_ratios"]
     assert fixed[-1] > 0.9 and max(fixed[:-1]) <= 0.7
+
+
+def test_reinforce_starting_at_the_best_heuristic_plays_its_widths_first(tmp_path):
+    """init_keep 'best' spends the first episodes on the heuristics' widths (inside the
+    episode budget), then its policies choose the best one's widths; the start survives a
+    save and load."""
+    from agents.allocation import heuristic_starts
+
+    env = toy_env(layers=4, budget=0.5)
+    starts = heuristic_starts(env, by_widths=True)
+    assert len(starts) >= 2  # else the start chooses nothing
+    agent = make_agent("reinforce", env, {"init_keep": "best", "batch_episodes": 4}, seed=0)
+    agent._play_heuristic_starts(env, 3)
+    rewards = agent.start["rewards"]
+    assert set(rewards) == set(starts) and agent.start["network"] == max(rewards, key=rewards.get)
+    best = [len(k) / int(u) for k, u in zip(starts[agent.start["network"]], env.units, strict=True)]
+    played = run_episode(env, agent, seed=0, deterministic=True)["keep_ratios"]
+    np.testing.assert_allclose(played, best, atol=0.05)
+
+    fresh = make_agent("reinforce", env, {"init_keep": "best", "batch_episodes": 4}, seed=0)
+    monitor = SearchMonitor(env, show_progress=False)
+    search(fresh, env, monitor, 10, tmp_path)
+    assert monitor.counted_episodes == fresh.episodes_done == 10
+    assert monitor.rewards[:len(starts)] == list(fresh.start["rewards"].values())
+    assert load_agent(tmp_path / "agent.pt", env).start == fresh.start

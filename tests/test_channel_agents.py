@@ -227,7 +227,7 @@ def test_the_global_start_is_the_heuristic_network(criterion, heuristic):
 def test_the_best_start_measures_the_heuristic_networks_within_the_episode_budget(tmp_path):
     """``init: best`` spends its first episodes on the heuristics' networks, starts from the
     best by reward, and the search still plays exactly its episode budget."""
-    from agents.reinforce_channels import heuristic_starts
+    from agents.allocation import heuristic_starts
 
     env = useful_units_env()
     starts = heuristic_starts(env)
@@ -244,7 +244,7 @@ def test_the_best_start_measures_the_heuristic_networks_within_the_episode_budge
 
 
 def test_the_best_start_keeps_the_best_heuristic_network():
-    from agents.reinforce_channels import heuristic_starts
+    from agents.allocation import heuristic_starts
 
     env = mask_env(layers=3, budget=0.5)
     agent = make_agent("reinforce_channels", env, {"init": "best"}, seed=0)

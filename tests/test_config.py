@@ -157,6 +157,7 @@ def test_a_config_file_may_set_null_and_nest_agent_sections(tmp_path):
      "agent.batch_episodes must be at least 2, got 1: REINFORCE normalises rewards within a batch"),
     ("agent:\n  init: global\n  init_keep: 0.3\n", "reinforce_channels",
      "agent.init 'global' starts the units it keeps at agent.init_keep, which must lie in (0.5, 1)"),
+    ("agent:\n  init_keep: bset\n", "reinforce", "agent.init_keep must lie in (0, 1), be null or 'best', got 'bset'"),
     ("env: [1\n", None, "is not valid YAML at line 2"),
 ])
 def test_a_bad_config_file_is_named_in_one_line(tmp_path, text, agent, message):
@@ -174,6 +175,12 @@ def test_bad_flags_and_unknown_agents_are_config_errors(tmp_path):
         load_config("cartpole_policy", "dqn")
     with pytest.raises(ConfigError, match="no such file"):
         load_config("cartpole_policy", config_file=tmp_path / "missing.yaml")
+
+
+def test_reinforce_takes_best_as_its_starting_keep_ratio(tmp_path):
+    file = tmp_path / "best.yaml"
+    file.write_text("agent:\n  init_keep: best\n")
+    assert resolve_config("cartpole_policy", "reinforce", file).agent.init_keep == "best"
 
 
 def test_yaml_reads_3e_minus_4_as_text_and_the_check_reads_it_as_a_number(tmp_path):
