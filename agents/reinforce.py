@@ -41,7 +41,8 @@ class BatchReinforce:
         self.optimizer = torch.optim.Adam(self.policies.parameters(), lr=hparams["learning_rate"])
         self.episodes_done = 0
         self.start: dict | None = None
-        """Where the search started, when the agent chose it by reward (channel agents' ``init: best``)."""
+        """Where the search started, when the agent chose it by reward (``init: best`` of the channel agents,
+        ``init_keep: best`` of the per-layer ones)."""
         self.workers = None
         """:class:`~agents.parallel.EpisodeWorkers` that measure each batch in parallel (None: serially)."""
 
@@ -202,7 +203,7 @@ def starting_keep_ratios(env: PruningEnv, init_keep: float | str | None) -> np.n
     (with ``"best"`` too, until the heuristics' networks are measured)."""
     if init_keep is None or init_keep == START_AT_BEST:
         return meet_budget(env, np.ones(env.n_layers))
-    if not 0 < float(init_keep) < 1:
+    if isinstance(init_keep, str) or not 0 < init_keep < 1:
         raise ValueError(f"init_keep must lie in (0, 1), be null or {START_AT_BEST!r}; got {init_keep!r}")
     return np.full(env.n_layers, float(init_keep))
 
