@@ -1,7 +1,8 @@
 """Allocations: one keep-ratio per layer that meets an environment's budget (on FLOPs, or
 on predicted latency: the env's ``cost``).
 
-Shared by the heuristics that plan an allocation up front and by the search agents.
+Shared by the heuristics that plan an allocation up front and by the search agents; also
+the single-shot heuristics' networks that the REINFORCE agents' ``best`` start measures.
 """
 
 from __future__ import annotations
