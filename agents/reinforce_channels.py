@@ -60,7 +60,7 @@ def initial_logits(env: PruningEnv, init: str, init_keep: float | None, importan
             raise ValueError(f"init {init!r} starts the units it keeps at init_keep, which must lie in (0.5, 1); "
                              f"got {init_keep}")
         kept = global_threshold_units(env, env.criterion)
-        return logits_keeping(env, kept, 0.9 if init_keep is None else init_keep)
+        return logits_keeping(env, kept, kept_start_probability(init_keep))
     if init == "keep":
         keep = np.full(env.n_layers, 0.95 if init_keep is None else init_keep)
     elif init_keep is not None:
@@ -76,6 +76,11 @@ def initial_logits(env: PruningEnv, init: str, init_keep: float | None, importan
             base = base + importance_scale * (scores - scores.mean()) / (scores.std() + 1e-12)
         logits.append(base)
     return logits
+
+
+def kept_start_probability(init_keep: float | None) -> float:
+    """The keep probability ``global`` and ``best`` start their kept units at."""
+    return 0.9 if init_keep is None else init_keep
 
 
 def logits_keeping(env: PruningEnv, kept: list[torch.Tensor], keep: float) -> list[torch.Tensor]:
@@ -127,7 +132,7 @@ class ReinforceChannelAgents(BatchReinforce):
         return mask
 
     def _start_at(self, report: dict) -> None:
-        keep = 0.9 if self.hparams["init_keep"] is None else self.hparams["init_keep"]
+        keep = kept_start_probability(self.hparams["init_keep"])
         kept = [torch.as_tensor(k) for k in report["kept_units"]]
         with torch.no_grad():
             for policy, logits in zip(self.policies, logits_keeping(self.env.unwrapped, kept, keep), strict=True):
