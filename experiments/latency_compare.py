@@ -72,7 +72,7 @@ def latency_table(target: Target, batch: int, env_config: dict, round_to: int | 
     low = [int(allowed_counts(int(u), keep_count(min_keep, int(u)), round_to)[0]) for u in pruner.units]
     return LatencyTable.build(pruner, target.name, batch, env_config.get("latency_engine", "torch"), target.device,
                               low=low, statistic=env_config.get("latency_statistic", "median"),
-                              rounds=env_config.get("latency_table_rounds", 1))
+                              rounds=env_config.get("latency_table_rounds", 1), round_to=round_to)
 
 
 def lowest_latency_ratio(target: Target, batch: int, env_config: dict, round_to: int | None = None) -> float:

@@ -271,6 +271,18 @@ def test_bad_latency_budgets_and_networks_give_clear_errors():
         LatencyTable.measure(pruner, show_progress=False)
 
 
+@pytest.mark.parametrize("round_to", [None, 8])
+def test_latency_compare_checks_budgets_on_the_very_table_the_env_reads(round_to, synthetic_table):
+    """The script builds every table before its searches (when checking the budgets): the
+    rounded search's too, so that both tables are timed in the same minutes of the host."""
+    from experiments.latency_compare import latency_table
+
+    env = tiny_env("cartpole_policy", flops_budget=None, latency_budget=0.5, round_to=round_to, min_keep=0.1)
+    checked = latency_table(get_target("cartpole_policy"), 1, {"min_keep": 0.1}, round_to)
+    assert checked.to_dict() == env.latency_table.to_dict()
+    assert checked.settings["round_to"] == round_to
+
+
 def test_latency_compare_builds_every_arm_at_its_budget_and_resumes(tmp_path, synthetic_table, pretrained_cartpole):
     from experiments.latency_compare import run_arms, summarize, time_networks
     from prune_env.config import load_config
