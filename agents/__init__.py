@@ -10,7 +10,7 @@ from target_models import Target
 
 BUDGET_SETTINGS = {name: getattr(EnvConfig, name, None) for name in (
     "flops_budget", "latency_budget", "latency_batch_size", "latency_engine", "latency_statistic",
-    "latency_table_rounds", "round_to")}
+    "latency_table_rounds", "latency_threads", "round_to")}
 """What a run's own network must have been searched under to be replayed as it is (``run_best``),
 with each setting's default (runs saved before a setting existed used it)."""
 

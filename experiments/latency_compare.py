@@ -35,6 +35,7 @@ from prune_env.cost import forward_call, onnx_call, over_rounds, time_alternatin
 from prune_env.env import PruningEnv, lowest_flops_ratio
 from prune_env.export import export_onnx, load_pruned
 from target_models import Target
+from target_models.device import torch_threads
 
 TIMING_REPEATS = 20
 """Alternating runs of every network per timing round."""
@@ -60,7 +61,7 @@ def arm_env(config: dict, arm: str, budget: float, batch: int, flops_budget: flo
 
 def latency_table(target: Target, batch: int, env_config: dict, round_to: int | None = None):
     """The target's (cached) latency table at ``batch``, on the grid and with the timing
-    settings (``latency_engine``, ``latency_statistic``, ``latency_table_rounds``) of a
+    settings (``latency_engine``, ``latency_statistic``, ``latency_table_rounds``, ``latency_threads``) of a
     ``PruningEnv`` built from ``env_config`` with ``round_to``, so that both read the same table."""
     from prune_env.env import allowed_counts
     from prune_env.latency import LatencyTable
@@ -72,7 +73,8 @@ def latency_table(target: Target, batch: int, env_config: dict, round_to: int | 
     low = [int(allowed_counts(int(u), keep_count(min_keep, int(u)), round_to)[0]) for u in pruner.units]
     return LatencyTable.build(pruner, target.name, batch, env_config.get("latency_engine", "torch"), target.device,
                               low=low, statistic=env_config.get("latency_statistic", "median"),
-                              rounds=env_config.get("latency_table_rounds", 1), round_to=round_to)
+                              rounds=env_config.get("latency_table_rounds", 1), round_to=round_to,
+                              threads=env_config.get("latency_threads"))
 
 
 def lowest_latency_ratio(target: Target, batch: int, env_config: dict, round_to: int | None = None) -> float:
@@ -139,16 +141,17 @@ def run_arms(target: Target, config: dict, agent: str, budgets: list[float], bat
 
 
 def time_networks(target: Target, runs: list[dict], rounds: int = 5, repeats: int = TIMING_REPEATS,
-                  statistic: str = "median") -> pd.DataFrame:
+                  statistic: str = "median", threads: int | None = None) -> pd.DataFrame:
     """Measured latency (ms) of the unpruned network and of every run's pruned network at the
     run's batch size, in PyTorch (eager) and onnxruntime: the ``statistic`` (``median`` or
     ``min``; give the one the latency table was timed with) of ``rounds * repeats`` single
     runs, alternating (every network and engine once per pass, in a random order:
     :func:`prune_env.cost.time_alternating`), so that drift of the machine hits every network
-    alike. One row per run."""
+    alike. ``threads``: torch's (and onnxruntime's) thread count while timing (default: the
+    process's). One row per run."""
     base = target.load_pretrained().eval()
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, torch_threads(threads) as in_force:
         for batch in sorted({run["batch"] for run in runs}):
             x = target.example_input(batch)
             batch_runs = [run for run in runs if run["batch"] == batch]
@@ -165,7 +168,7 @@ def time_networks(target: Target, runs: list[dict], rounds: int = 5, repeats: in
                        "metric_pruned": report["metric_pruned"], "metric_finetuned": report["metric_finetuned"],
                        "flops_ratio": report["flops_ratio"],
                        "predicted_ratio": run.get("predicted_ratio", report.get("latency_ratio_predicted")),
-                       "keep_counts": report["keep_counts"], "timing_statistic": statistic}
+                       "keep_counts": report["keep_counts"], "timing_statistic": statistic, "threads": in_force}
                 for j, engine in enumerate(("torch", "onnxruntime")):
                     row[f"{engine}_base_ms"] = round(float(ms[0, j]), 3)
                     row[f"{engine}_ms"] = round(float(ms[i, j]), 3)

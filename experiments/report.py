@@ -13,6 +13,7 @@ from torch import nn
 from prune_env.cost import measure_latency
 from prune_env.env import PruningEnv
 from prune_env.files import write_json
+from target_models.device import torch_threads
 
 REPORT_KEYS = (
     "target", "policy", "seed", "flops_budget", "keep_ratios", "flops_base", "flops_pruned", "params_base",
@@ -54,11 +55,19 @@ class BaselineMeasurements:
             self._metric = self.evaluate(self.env.model)
         return self._metric
 
+    @property
+    def threads(self) -> int | None:
+        """The torch threads latency is measured with: the latency table's, when the env has one
+        (its budget is meant for that count), else the process's (None)."""
+        table = self.env.latency_table
+        return None if table is None else table.settings.get("threads")
+
     def latency(self, batch_size: int) -> dict:
         """:func:`measure_latency` of the unpruned network at ``batch_size``."""
         if batch_size not in self._latency:
-            self._latency[batch_size] = measure_latency(self.env.model, self.env.target.example_input(batch_size),
-                                                        device=self.env.target.device)
+            with torch_threads(self.threads):
+                self._latency[batch_size] = measure_latency(self.env.model, self.env.target.example_input(batch_size),
+                                                            device=self.env.target.device)
         return self._latency[batch_size]
 
 
@@ -92,7 +101,8 @@ def final_report(env: PruningEnv, model: nn.Module, record: dict, *, policy: str
             target.finetune(finetuned, epochs=finetune_epochs, seed=seed, show_progress=show_progress)
     example = target.example_input(latency_batch_size)
     base_latency = baseline.latency(latency_batch_size)
-    pruned_latency = measure_latency(finetuned, example, device=target.device)
+    with torch_threads(baseline.threads):
+        pruned_latency = measure_latency(finetuned, example, device=target.device)
     metric_pruned = evaluate_test(model)
     report = {
         "target": target.name, "policy": policy, "seed": seed, "flops_budget": env.flops_budget,

@@ -137,6 +137,9 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
                         help="time the latency table in 10 x R alternating passes (each runs every cell once), each "
                              "cell taking --latency-statistic over them (default: 1; 3 with min predicted VGG16 and "
                              "the CNN best, BENCHMARKS.md)")
+    parser.add_argument("--latency-threads", type=int, default=None, metavar="T",
+                        help="torch threads the latency table is timed with and the budget is meant for (default: "
+                             "the process's; training still uses them all)")
     parser.add_argument("--round-to", type=int, default=None, metavar="N",
                         help="keep a multiple of N units in every layer, or all of a layer's units "
                              "(default: the target's config, any count)")
@@ -150,11 +153,13 @@ def evaluation_overrides(args: argparse.Namespace) -> dict:
     check_at_least("--round-to", args.round_to, 1)
     check_at_least("--latency-batch-size", args.latency_batch_size, 1)
     check_at_least("--latency-table-rounds", args.latency_table_rounds, 1)
+    check_at_least("--latency-threads", args.latency_threads, 1)
     check_fraction("--latency-budget", args.latency_budget)
     return {"evaluation": args.evaluation, "val_size": args.val_size, "bn_calibration_size": args.bn_calibration_size,
             "finetune_steps": args.finetune_steps, "round_to": args.round_to, "latency_budget": args.latency_budget,
             "latency_batch_size": args.latency_batch_size, "latency_engine": args.latency_engine,
-            "latency_statistic": args.latency_statistic, "latency_table_rounds": args.latency_table_rounds}
+            "latency_statistic": args.latency_statistic, "latency_table_rounds": args.latency_table_rounds,
+            "latency_threads": args.latency_threads}
 
 
 def check_fraction(flag: str, value: float | None) -> None:

@@ -80,6 +80,9 @@ class EnvConfig:
     latency_table_rounds: int = 1
     """Latency-table timing: 10 x this many alternating passes, each running every cell once; each cell
     takes ``latency_statistic`` over them (3 ``min``: VGG16's and the CNN's best)."""
+    latency_threads: int | None = None
+    """torch threads the latency table is timed with, and the latency budget meant for (``null``: the
+    process's count). One thread predicted VGG16 best on a 2-core machine; training keeps every core."""
 
     def check(self) -> None:
         from prune_env.evaluation import EVALUATIONS
@@ -106,6 +109,7 @@ class EnvConfig:
         _fail(self.latency_statistic not in TIMING_STATISTICS, f"env.latency_statistic {self.latency_statistic!r} "
               f"is unknown; choose one of: {', '.join(TIMING_STATISTICS)}")
         _at_least("env.latency_table_rounds", self.latency_table_rounds, 1)
+        _at_least("env.latency_threads", self.latency_threads, 1)
         _fail(self.criterion not in CRITERIA,
               f"env.criterion {self.criterion!r} is unknown; choose one of: {', '.join(CRITERIA)}")
         _fail(not 0 < self.min_keep <= 1, f"env.min_keep must lie in (0, 1], got {self.min_keep}")

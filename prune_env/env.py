@@ -129,7 +129,8 @@ class PruningEnv(gym.Env):
       table's prediction (:mod:`prune_env.latency`, built once per device, batch
       ``latency_batch_size``, threads and ``latency_engine``, and cached) exactly as on
       FLOPs; ``latency_statistic`` and ``latency_table_rounds`` say how its cells are timed
-      (:meth:`prune_env.latency.LatencyTable.measure`). Records then hold
+      (:meth:`prune_env.latency.LatencyTable.measure`), ``latency_threads`` with how many torch
+      threads (default: the process's). Records then hold
       ``latency_ms_predicted`` and the table's settings. ``latency_table``: a table already
       measured (its ``to_dict()``), used instead of building one: episode workers take the
       main process's, so that every process clamps on the same prediction.
@@ -175,6 +176,7 @@ class PruningEnv(gym.Env):
         latency_engine: str = "torch",
         latency_statistic: str = "median",
         latency_table_rounds: int = 1,
+        latency_threads: int | None = None,
         latency_table: dict | None = None,
     ):
         super().__init__()
@@ -227,7 +229,7 @@ class PruningEnv(gym.Env):
             self.latency_table = LatencyTable.from_dict(latency_table) if latency_table is not None else \
                 LatencyTable.build(self.pruner, self.target.name, latency_batch_size, latency_engine,
                                    self.target.device, low=self.min_counts, statistic=latency_statistic,
-                                   rounds=latency_table_rounds, round_to=self.round_to)
+                                   rounds=latency_table_rounds, round_to=self.round_to, threads=latency_threads)
         self.cost = self.latency_table.predict if latency_budget is not None else self.flop_model.flops
         """What the budget limits, from kept counts: predicted ms (latency budget) or FLOPs."""
         self.cost_base = float(self.cost(self.units))

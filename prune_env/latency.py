@@ -57,7 +57,7 @@ from prune_env.cost import TIMING_STATISTICS, forward_call, onnx_call, over_roun
 from prune_env.env import allowed_counts
 from prune_env.pruner import BasePruner, Pruner
 from target_models.checkpoints import atomic_write_bytes, home_dir
-from target_models.device import module_device
+from target_models.device import module_device, torch_threads
 
 ENGINES = ("torch", "onnxruntime")
 CALIBRATION_ALLOCATIONS = 9
@@ -187,14 +187,23 @@ class LatencyTable:
     def measure(cls, pruner: BasePruner, batch_size: int = 1, engine: str = "torch",
                 device: torch.device | str | None = None, points: int = 6, low: Sequence[int] | None = None,
                 repeats: int = 10, show_progress: bool = True, statistic: str = "median",
-                rounds: int = 1, round_to: int | None = None) -> LatencyTable:
+                rounds: int = 1, round_to: int | None = None, threads: int | None = None) -> LatencyTable:
         """Time every block of ``pruner``'s network on its grid of widths, and the whole
         network at the calibration allocations: each cell takes the ``statistic`` of
         ``repeats * rounds`` single runs (see :func:`prune_env.cost.wall_ms`), timed in passes
         that run every cell and calibration network once, in a random order
         (:func:`prune_env.cost.time_alternating`), so that a slow spell of the machine lifts
         every cell alike instead of some. ``round_to``: the env's rounding; the grid
-        and the calibration networks then keep multiples of it (:func:`as_searched`)."""
+        and the calibration networks then keep multiples of it (:func:`as_searched`). ``threads``:
+        torch's thread count while timing (default: the count in force)."""
+        with torch_threads(threads):
+            return cls._measure(pruner, batch_size, engine, device, points, low, repeats, show_progress, statistic,
+                                rounds, round_to)
+
+    @classmethod
+    def _measure(cls, pruner: BasePruner, batch_size: int, engine: str, device, points: int,
+                 low: Sequence[int] | None, repeats: int, show_progress: bool, statistic: str, rounds: int,
+                 round_to: int | None) -> LatencyTable:
         if not isinstance(pruner, Pruner):
             raise ValueError("latency tables cover sequential networks (nn.Sequential targets); this network is "
                              "pruned through a dependency graph")
@@ -277,8 +286,17 @@ class LatencyTable:
     def build(cls, pruner: BasePruner, name: str, batch_size: int = 1, engine: str = "torch",
               device: torch.device | str | None = None, points: int = 6, low: Sequence[int] | None = None,
               show_progress: bool = True, cache: bool = True, statistic: str = "median",
-              rounds: int = 1, round_to: int | None = None) -> LatencyTable:
-        """The cached table of ``name``'s network for these settings, measured when none is."""
+              rounds: int = 1, round_to: int | None = None, threads: int | None = None) -> LatencyTable:
+        """The cached table of ``name``'s network for these settings, measured when none is;
+        ``threads``: torch's thread count for the table (default: the count in force)."""
+        with torch_threads(threads):
+            return cls._build(pruner, name, batch_size, engine, device, points, low, show_progress, cache, statistic,
+                              rounds, round_to)
+
+    @classmethod
+    def _build(cls, pruner: BasePruner, name: str, batch_size: int, engine: str, device, points: int,
+               low: Sequence[int] | None, show_progress: bool, cache: bool, statistic: str, rounds: int,
+               round_to: int | None) -> LatencyTable:
         device, low = _device_and_low(pruner, device, low)
         architecture = f"{pruner.model}|{tuple(pruner.example.shape)}|{pruner.example.dtype}"
         key = {"target": name, "architecture": hashlib.sha1(architecture.encode()).hexdigest()[:16],

@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timing-rounds", type=int, default=5,
                         help=f"rounds of {TIMING_REPEATS} alternating runs of every network; the table's statistic "
                              "(env.latency_statistic: median or min) of all of them is reported")
+    parser.add_argument("--latency-threads", type=int, default=None, metavar="T",
+                        help="torch threads of the latency tables and of the timing (default: the config's, else the "
+                             "process's); searches and fine-tunes use the process's")
     parser.add_argument("--config", default=None, help="a YAML file overriding the packaged configs")
     parser.add_argument("--out", required=True, help="folder for the run folders and the tables")
     return parser
@@ -69,9 +72,10 @@ def main() -> None:
     batches = parse_counts(args.batch_sizes, "--batch-sizes")
     for flag, value, least in (("--episodes", args.episodes, 1), ("--seeds", args.seeds, 1),
                                ("--round-to", args.round_to, 2), ("--finetune-epochs", args.finetune_epochs, 0),
-                               ("--val-size", args.val_size, 1), ("--timing-rounds", args.timing_rounds, 1)):
+                               ("--val-size", args.val_size, 1), ("--timing-rounds", args.timing_rounds, 1),
+                               ("--latency-threads", args.latency_threads, 1)):
         check_at_least(flag, value, least)
-    overrides = {"env": {"val_size": args.val_size}, "search": {"episodes": args.episodes},
+    overrides = {"env": {"val_size": args.val_size, "latency_threads": args.latency_threads}, "search": {"episodes": args.episodes},
                  "evaluate": {"finetune_epochs": args.finetune_epochs}}
     config = load_config(args.target, args.agent, args.config, overrides)
     target = target_from_args(args)
@@ -96,7 +100,8 @@ def main() -> None:
     statistic = config["env"].get("latency_statistic", "median")  # the table's: ratios compare like with like
     passes = args.timing_rounds * TIMING_REPEATS
     print(f"timing every network (PyTorch and onnxruntime, the {statistic} of {passes} runs)...")
-    table = time_networks(target, runs, rounds=args.timing_rounds, statistic=statistic)
+    table = time_networks(target, runs, rounds=args.timing_rounds, statistic=statistic,
+                          threads=config["env"].get("latency_threads"))
     table.to_csv(out / "runs.csv", index=False)
     results = summarize(table)
     results.to_csv(out / "results.csv", index=False)

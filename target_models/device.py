@@ -113,3 +113,21 @@ def on_device(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
         yield model
     finally:
         model.to(home)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[int]:
+    """torch's intra-op thread count set to ``threads`` for the block (``None``: left as it
+    is), and restored afterwards; yields the count in force. A latency table is specific to
+    its thread count, and a process that trains on every core can still time at one."""
+    before = torch.get_num_threads()
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    if threads is None or threads == before:
+        yield before
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(before)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from unittest.mock import patch
@@ -162,6 +163,53 @@ def test_the_table_is_cached_and_measured_again_when_a_setting_changes(monkeypat
         _cartpole_table(statistic="mean")
 
 
+def test_a_table_is_timed_at_its_own_thread_count_and_the_process_keeps_its_own(monkeypatch):
+    """``threads`` (``env.latency_threads``): a process that trains on every core times its
+    table at the count the budget is meant for, and gets its own count back."""
+    import prune_env.latency as latency
+
+    threads = torch.get_num_threads()
+    other = 1 if threads > 1 else 2
+    during = []
+    original = latency.time_alternating
+
+    def recording(*args, **kwargs):
+        during.append(torch.get_num_threads())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(latency, "time_alternating", recording)
+    table, _ = _cartpole_table(threads=other, cache=False)
+    assert during == [other] and table.settings["threads"] == other
+    assert torch.get_num_threads() == threads
+    default, _ = _cartpole_table(cache=False)
+    assert during == [other, threads] and default.settings["threads"] == threads
+    with pytest.raises(ValueError, match="threads must be at least 1"):
+        _cartpole_table(threads=0, cache=False)
+    assert torch.get_num_threads() == threads
+
+
+def test_the_env_and_its_report_use_the_configured_latency_threads(synthetic_table, monkeypatch):
+    from experiments.report import BaselineMeasurements
+    from prune_env.cli import add_evaluation_arguments, evaluation_overrides
+    from prune_env.config import ConfigError, load_config
+
+    asked = []
+    built = LatencyTable.build.__func__
+    monkeypatch.setattr(LatencyTable, "build", classmethod(
+        lambda cls, *a, threads=None, **k: asked.append(threads) or built(cls, *a, **k)))
+    env = tiny_env("cartpole_policy", flops_budget=None, latency_budget=0.5, latency_threads=1)
+    assert asked == [1]
+    env.latency_table.settings["threads"] = 1  # what a table timed at one thread records
+    assert BaselineMeasurements(env).threads == 1  # the final report times at the table's count
+    assert BaselineMeasurements(tiny_env("cartpole_policy")).threads is None  # no table: the process's
+    parser = argparse.ArgumentParser()
+    add_evaluation_arguments(parser)
+    assert evaluation_overrides(parser.parse_args(["--latency-threads", "1"]))["latency_threads"] == 1
+    assert load_config("cartpole_policy", overrides={"env": {"latency_threads": 1}})["env"]["latency_threads"] == 1
+    with pytest.raises(ConfigError, match="env.latency_threads must be at least 1"):
+        load_config("cartpole_policy", overrides={"env": {"latency_threads": 0}})
+
+
 def test_the_fastest_run_is_never_slower_than_the_median_run():
     from prune_env.cost import over_rounds, wall_ms
 
@@ -304,8 +352,10 @@ def test_latency_compare_builds_every_arm_at_its_budget_and_resumes(tmp_path, sy
     stamps = [(r["folder"] / "report.json").stat().st_mtime_ns for r in runs]
     run_arms(target, config, "random_search", [0.5], [1], [0], tmp_path, round_to=8)  # all done: nothing re-run
     assert stamps == [(r["folder"] / "report.json").stat().st_mtime_ns for r in runs]
-    table = time_networks(target, runs, rounds=1, repeats=3)
+    threads = torch.get_num_threads()
+    table = time_networks(target, runs, rounds=1, repeats=3, threads=1)  # at the table's thread count
     assert len(table) == 5 and (table["torch_ms"] > 0).all() and (table["onnxruntime_ms"] > 0).all()
+    assert (table["threads"] == 1).all() and torch.get_num_threads() == threads
     assert (table["timing_statistic"] == "median").all()
     # the statistic is the table's: with "min", the fastest of each network's passes
     passes = np.arange(36, dtype=float).reshape(3, 12) + 1  # 3 passes of 6 networks x 2 engines
