@@ -38,6 +38,8 @@ from target_models import Target
 from target_models.device import torch_threads
 
 TIMING_REPEATS = 20
+DRIFT_WARNING = 0.10
+"""How far the unpruned network's timing may move from its table's before :func:`host_drift` warns."""
 """Alternating runs of every network per timing round."""
 
 ARMS = ("uniform", "flops_search", "flops_search_matched", "latency_search", "latency_search_round")
@@ -175,6 +177,26 @@ def time_networks(target: Target, runs: list[dict], rounds: int = 5, repeats: in
                     row[f"{engine}_ratio"] = round(float(ms[i, j] / ms[0, j]), 4)
                 rows.append(row)
     return pd.DataFrame(rows)
+
+
+def host_drift(target: Target, batches: list[int], env_config: dict, timings: pd.DataFrame) -> list[str]:
+    """One line per batch size: the unpruned network's PyTorch latency in ``timings``
+    (:func:`time_networks`) against its latency when the table was timed (the table's
+    ``base``, calibrated on that whole-network timing). A table's fractions hold at the host
+    speed it was timed at: tables timed in slow spells under-predicted every pruned VGG16 by
+    6-30% (BENCHMARKS.md), so beyond :data:`DRIFT_WARNING` the line says the landing check
+    is not to be trusted."""
+    lines = []
+    for batch in batches:
+        built = latency_table(target, batch, env_config).base
+        now = float(timings.loc[timings["batch"] == batch, "torch_base_ms"].iloc[0])
+        drift = now / built - 1
+        warning = "" if abs(drift) <= DRIFT_WARNING else (
+            ": the host ran at another speed than when the table was timed, so the measured ratios need not match "
+            "the budgets; rebuild the tables in a quiet hour (a fresh PRUNE_ENV_HOME) to check the landing")
+        lines.append(f"batch {batch}: unpruned {now:.2f} ms now, {built:.2f} ms when its table was timed "
+                     f"({drift:+.1%}){warning}")
+    return lines
 
 
 def summarize(table: pd.DataFrame) -> pd.DataFrame:

@@ -23,6 +23,7 @@ from pathlib import Path
 from agents.search import AGENTS
 from experiments.latency_compare import (
     TIMING_REPEATS,
+    host_drift,
     lowest_latency_ratio,
     run_arms,
     summarize,
@@ -105,10 +106,12 @@ def main() -> None:
     table.to_csv(out / "runs.csv", index=False)
     results = summarize(table)
     results.to_csv(out / "results.csv", index=False)
+    drift = host_drift(target, batches, config["env"], table)
     header = (f"Target `{target.name}`, {args.agent} with {config['search']['episodes']} episodes per search, "
               f"fine-tuned {config['evaluate']['finetune_epochs']} epoch(s); measured latency ratios are "
               f"pruned / unpruned at the budget's batch size, the {statistic} of {passes} "
-              f"alternating runs each.\n\n")
+              f"alternating runs each.\n\nHost speed against the tables':\n\n"
+              + "".join(f"- {line}\n" for line in drift) + "\n")
     (out / "results.md").write_text(header + results.to_markdown(index=False) + "\n")
     print((out / "results.md").read_text())
     print(f"wrote {out}/runs.csv, results.csv, results.md")

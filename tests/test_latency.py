@@ -372,6 +372,22 @@ def test_latency_compare_builds_every_arm_at_its_budget_and_resumes(tmp_path, sy
         assert row["within_5pct"] == (abs(measured / 0.5 - 1) <= 0.05)
 
 
+def test_latency_compare_says_when_the_host_ran_at_another_speed_than_its_table(synthetic_table):
+    """A table's fractions hold at the host speed it was timed at: the report compares the
+    unpruned network's timing with the table's and warns beyond 10%."""
+    import pandas as pd
+
+    from experiments.latency_compare import host_drift, latency_table
+
+    target = get_target("cartpole_policy")
+    base = latency_table(target, 1, {"min_keep": 0.1}).base
+    timings = pd.DataFrame({"batch": [1, 1, 64], "torch_base_ms": [base * 1.04, base * 1.04, base * 1.25]})
+    quiet, = host_drift(target, [1], {"min_keep": 0.1}, timings)
+    assert "(+4.0%)" in quiet and "rebuild" not in quiet
+    slow, = host_drift(target, [64], {"min_keep": 0.1}, timings.assign(torch_base_ms=base * 0.8))
+    assert "(-20.0%)" in slow and "rebuild the tables in a quiet hour" in slow
+
+
 def test_alternating_passes_run_every_call_once_in_a_fresh_order():
     from prune_env.cost import time_alternating
 
