@@ -57,10 +57,9 @@ class BaselineMeasurements:
 
     @property
     def threads(self) -> int | None:
-        """The torch threads latency is measured with: the latency table's, when the env has one
-        (its budget is meant for that count), else the process's (None)."""
-        table = self.env.latency_table
-        return None if table is None else table.settings.get("threads")
+        """The torch threads latency is measured with: the env's ``latency_threads`` (the count
+        its latency table, and budget, are meant for), else the process's (None)."""
+        return self.env.latency_threads
 
     def latency(self, batch_size: int) -> dict:
         """:func:`measure_latency` of the unpruned network at ``batch_size``."""

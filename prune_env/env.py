@@ -205,7 +205,7 @@ class PruningEnv(gym.Env):
             raise ValueError("the 'budget' reward needs a flops_budget (or a latency_budget); pass one or choose "
                              "'tradeoff'/'log_flops'")
         self.flops_budget, self.min_keep, self.criterion = flops_budget, float(min_keep), criterion
-        self.latency_budget = latency_budget
+        self.latency_budget, self.latency_threads = latency_budget, latency_threads
         self.budget = latency_budget if latency_budget is not None else flops_budget
         """The budget the clamp enforces, a fraction of ``cost_base``: predicted latency or FLOPs."""
         self.reward_name, self.reward_kwargs = reward, dict(reward_kwargs or {})

@@ -199,9 +199,10 @@ def test_the_env_and_its_report_use_the_configured_latency_threads(synthetic_tab
         lambda cls, *a, threads=None, **k: asked.append(threads) or built(cls, *a, **k)))
     env = tiny_env("cartpole_policy", flops_budget=None, latency_budget=0.5, latency_threads=1)
     assert asked == [1]
-    env.latency_table.settings["threads"] = 1  # what a table timed at one thread records
     assert BaselineMeasurements(env).threads == 1  # the final report times at the table's count
-    assert BaselineMeasurements(tiny_env("cartpole_policy")).threads is None  # no table: the process's
+    # a FLOPs-budgeted arm of a latency comparison is timed at the same count as the others
+    assert BaselineMeasurements(tiny_env("cartpole_policy", latency_threads=1)).threads == 1
+    assert BaselineMeasurements(tiny_env("cartpole_policy")).threads is None  # the process's
     parser = argparse.ArgumentParser()
     add_evaluation_arguments(parser)
     assert evaluation_overrides(parser.parse_args(["--latency-threads", "1"]))["latency_threads"] == 1
@@ -337,7 +338,7 @@ def test_latency_compare_builds_every_arm_at_its_budget_and_resumes(tmp_path, sy
 
     target = get_target("cartpole_policy", limit=4)  # 4 evaluation episodes
     config = load_config(target.name, "random_search", overrides={
-        "env": {"val_size": 4}, "search": {"episodes": 3}, "evaluate": {"finetune_epochs": 0}})
+        "env": {"val_size": 4, "latency_threads": 1}, "search": {"episodes": 3}, "evaluate": {"finetune_epochs": 0}})
     runs = run_arms(target, config, "random_search", [0.5], [1], [0], tmp_path, round_to=8)
     assert [r["arm"] for r in runs] == ["uniform", "flops_search", "flops_search_matched", "latency_search",
                                         "latency_search_r8"]
@@ -346,6 +347,7 @@ def test_latency_compare_builds_every_arm_at_its_budget_and_resumes(tmp_path, sy
         assert reports[arm]["latency_budget"] == 0.5
         assert abs(reports[arm]["latency_ratio_predicted"] - 0.5) <= 0.05
     assert reports["flops_search"].get("latency_budget") is None
+    assert {r["latency_threads"] for r in reports.values()} == {1}  # every arm timed at the tables' count
     assert reports["flops_search"]["flops_budget"] == pytest.approx(reports["uniform"]["flops_ratio"])
     assert all(c % 8 == 0 or c == u for c, u in zip(reports["latency_search_r8"]["keep_counts"],
                                                      [64, 64], strict=True))
