@@ -12,12 +12,15 @@ search's predicted latency ratio), the searcher at the latency budget, and the s
 target's standard fine-tune) and tested; then all of them and the unpruned network are timed
 in PyTorch and onnxruntime, interleaved in one process. Writes OUT/runs.csv (one row per
 network), OUT/results.csv and OUT/results.md. Every searcher gets the same --episodes.
-Started again with the same --out, it skips the networks already built.
+Started again with the same --out, it skips the networks already built and only times them:
+each run is one timing session, appended to OUT/timings.csv, and the results take every
+network's median over the sessions (one process's timings at batch 1 can be off by 15%).
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 from agents.search import AGENTS
@@ -25,6 +28,8 @@ from experiments.latency_compare import (
     TIMING_REPEATS,
     host_drift,
     lowest_latency_ratio,
+    over_sessions,
+    record_session,
     run_arms,
     summarize,
     time_networks,
@@ -104,17 +109,20 @@ def main() -> None:
     table = time_networks(target, runs, rounds=args.timing_rounds, statistic=statistic,
                           threads=config["env"].get("latency_threads"))
     table.to_csv(out / "runs.csv", index=False)
-    results = summarize(table)
+    history = record_session(out, table, time.strftime("%Y-%m-%d %H:%M:%S"))
+    results = summarize(over_sessions(history))
     results.to_csv(out / "results.csv", index=False)
     drift = host_drift(target, batches, config["env"], table)
     header = (f"Target `{target.name}`, {args.agent} with {config['search']['episodes']} episodes per search, "
               f"fine-tuned {config['evaluate']['finetune_epochs']} epoch(s); measured latency ratios are "
               f"pruned / unpruned at the budget's batch size, the {statistic} of {passes} "
-              f"alternating runs each.\n\nHost speed against the tables':\n\n"
+              f"alternating runs each, and the median over the timing sessions (one per invocation of this "
+              f"script; `sessions`: how many timed each row, in {out}/timings.csv).\n\nHost speed against the tables':\n\n"
               + "".join(f"- {line}\n" for line in drift) + "\n")
     (out / "results.md").write_text(header + results.to_markdown(index=False) + "\n")
     print((out / "results.md").read_text())
-    print(f"wrote {out}/runs.csv, results.csv, results.md")
+    print(f"wrote {out}/runs.csv (this session), timings.csv (every session), results.csv, results.md; run the "
+          f"same command again for another timing session")
 
 
 if __name__ == "__main__":

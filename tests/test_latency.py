@@ -390,6 +390,31 @@ def test_latency_compare_says_when_the_host_ran_at_another_speed_than_its_table(
     assert "(-20.0%)" in slow and "rebuild the tables in a quiet hour" in slow
 
 
+def test_the_landing_check_takes_each_networks_median_over_timing_sessions(tmp_path):
+    import pandas as pd
+
+    from experiments.latency_compare import over_sessions, record_session, summarize
+
+    def session(ratios):
+        return pd.DataFrame({"batch": 1, "latency_budget": 0.5, "policy": ["uniform", "latency_search"], "seed": 0,
+                             "metric_finetuned": [0.80, 0.82], "flops_ratio": [0.3, 0.4], "predicted_ratio": 0.5,
+                             "torch_base_ms": 10.0, "torch_ms": [10.0 * r for r in ratios], "torch_ratio": ratios,
+                             "onnxruntime_ratio": 0.4})
+
+    record_session(tmp_path, session([0.44, 0.59]), "first")  # a fast and a slow outlier
+    record_session(tmp_path, session([0.49, 0.50]), "second")
+    history = record_session(tmp_path, session([0.50, 0.48]), "third")
+    assert len(history) == 6 and list(history["session"].unique()) == ["first", "second", "third"]
+    rows = over_sessions(history).set_index("policy")
+    assert rows.loc["uniform", "torch_ratio"] == pytest.approx(0.49)
+    assert rows.loc["latency_search", "torch_ratio"] == pytest.approx(0.50)
+    assert rows.loc["latency_search", "torch_ms"] == pytest.approx(5.0)
+    assert (rows["sessions"] == 3).all() and rows.loc["latency_search", "torch_ratio_high"] == pytest.approx(0.59)
+    assert rows.loc["uniform", "metric_finetuned"] == pytest.approx(0.80)  # what is not timed stays as it was
+    summary = summarize(over_sessions(history)).set_index("policy")
+    assert summary["within_5pct"].tolist() == [1, 1] and (summary["sessions"] == 3).all()  # each session alone: 2 of 6
+
+
 def test_alternating_passes_run_every_call_once_in_a_fresh_order():
     from prune_env.cost import time_alternating
 
