@@ -42,9 +42,9 @@ from target_models import Target
 from target_models.device import torch_threads
 
 TIMING_REPEATS = 20
+"""Alternating runs of every network per timing round."""
 DRIFT_WARNING = 0.10
 """How far the unpruned network's timing may move from its table's before :func:`host_drift` warns."""
-"""Alternating runs of every network per timing round."""
 
 ARMS = ("uniform", "flops_search", "flops_search_matched", "latency_search", "latency_search_round")
 

@@ -81,8 +81,8 @@ def main() -> None:
                                ("--val-size", args.val_size, 1), ("--timing-rounds", args.timing_rounds, 1),
                                ("--latency-threads", args.latency_threads, 1)):
         check_at_least(flag, value, least)
-    overrides = {"env": {"val_size": args.val_size, "latency_threads": args.latency_threads}, "search": {"episodes": args.episodes},
-                 "evaluate": {"finetune_epochs": args.finetune_epochs}}
+    overrides = {"env": {"val_size": args.val_size, "latency_threads": args.latency_threads},
+                 "search": {"episodes": args.episodes}, "evaluate": {"finetune_epochs": args.finetune_epochs}}
     config = load_config(args.target, args.agent, args.config, overrides)
     target = target_from_args(args)
     if not target.has_checkpoint():
