@@ -48,7 +48,7 @@ class PrunesInRounds(ABC):
         env, counts = self.env, np.asarray(counts, dtype=np.int64)
         self.keep_ratios = counts / env.units
         record = env.measure(model, env.score(model), keep_counts=counts)
-        return {**record, "finetune_epochs_spent": self.finetune_epochs * (self.rounds - 1)}
+        return {**record, "rounds": self.rounds, "finetune_epochs_spent": self.finetune_epochs * (self.rounds - 1)}
 
     def predict(self, observation, state=None, episode_start=None, deterministic=True):
         if self.keep_ratios is None:

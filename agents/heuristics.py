@@ -205,7 +205,9 @@ class InRounds(PrunesInRounds):
 
     def run(self) -> tuple[torch.nn.Module, dict]:
         env = self.env
-        if isinstance(self.policy, PrunesInRounds):  # e.g. FixedWidths: its one round gives the widths
+        if isinstance(self.policy, FixedWidths):  # given widths: nothing to prune or measure first
+            final = self.policy.counts
+        elif isinstance(self.policy, PrunesInRounds):  # its one round gives the widths
             final = np.asarray(self.policy.run()[1]["keep_counts"], dtype=np.int64)
         else:
             final = np.asarray(run_episode(env, self.policy, seed=self.seed)["keep_counts"], dtype=np.int64)
@@ -216,6 +218,14 @@ class InRounds(PrunesInRounds):
         for k, counts in enumerate(plan, start=1):
             model = self.between_rounds(rounds.step_to(counts), k)
         return model, self.finish(model, final)
+
+
+def in_rounds(env: PruningEnv, policy, rounds: int, seed: int = 0, finetune_budget: float = 1.0):
+    """``policy`` with its network reached in ``rounds`` rounds (:class:`InRounds`); ``policy``
+    itself when ``rounds`` is 1 or it prunes in rounds of its own (``ngf_scheduled``)."""
+    if rounds <= 1 or getattr(policy, "rounds", 1) > 1:
+        return policy
+    return InRounds(env, policy, seed=seed, rounds=rounds, finetune_budget=finetune_budget)
 
 
 HEURISTICS = {cls.name: cls for cls in (UniformPolicy, L1Policy, NGFPolicy, RandomPolicy, ScheduledNGF)}

@@ -12,6 +12,7 @@ import pandas as pd
 
 from agents import HEURISTICS, make_heuristic
 from agents.base import prune_with
+from agents.heuristics import in_rounds
 from agents.parallel import Parallelism, RunTasks
 from experiments.report import BaselineMeasurements, final_report, write_report
 from experiments.train import TrainRun, train_and_report
@@ -34,8 +35,10 @@ def run_folder(out: Path, policy: str, budget: float, seed: int) -> Path:
 
 RESUME_SETTINGS = (("env", "evaluation"), ("env", "val_size"), ("env", "bn_calibration_size"),
                    ("env", "finetune_steps"), ("env", "criterion"), ("env", "min_keep"), ("env", "round_to"),
-                   ("env", "reward"), ("evaluate", "finetune_epochs"))
+                   ("env", "reward"), ("evaluate", "finetune_epochs"), ("evaluate", "rounds"))
 """Settings a finished run of a comparison must share with the comparison that reuses it."""
+ROUNDS_DEFAULT = 1
+"""``evaluate.rounds`` of a run whose config predates it: single-shot."""
 
 
 def finished_report(folder: Path, config: dict, agent: bool = False) -> dict | None:
@@ -49,7 +52,9 @@ def finished_report(folder: Path, config: dict, agent: bool = False) -> dict | N
     saved = json.loads(saved_path.read_text()) if saved_path.is_file() else {}
     keys = RESUME_SETTINGS + ((("search", "episodes"),) if agent else ())
     for section, key in keys:
-        old, new = (saved.get(section) or {}).get(key), (config.get(section) or {}).get(key)
+        default = ROUNDS_DEFAULT if (section, key) == ("evaluate", "rounds") else None  # runs made before rounds
+        old = (saved.get(section) or {}).get(key, default) if saved else None
+        new = (config.get(section) or {}).get(key, default)
         if old is not None and new is not None and old != new:
             raise UsageError(f"--resume: {folder} was run with {section}.{key} = {old}, this comparison uses "
                              f"{new}; resume with the same flags, or give a new --out")
@@ -77,8 +82,10 @@ def run_heuristics(target: Target, config: dict, budget: float, seeds: list[int]
                     baselines[criterion] = BaselineMeasurements(envs[criterion])
                 env = envs[criterion]
                 started = time.perf_counter()
-                model, record, episodes = prune_with(env, make_heuristic(
-                    name, env, seed=seed, finetune_budget=config["evaluate"]["finetune_epochs"]), seed)
+                budget_epochs = config["evaluate"]["finetune_epochs"]
+                policy = in_rounds(env, make_heuristic(name, env, seed=seed, finetune_budget=budget_epochs),
+                                   config["evaluate"].get("rounds", 1), seed=seed, finetune_budget=budget_epochs)
+                model, record, episodes = prune_with(env, policy, seed)
                 report, _ = final_report(env, model, record, policy=name, seed=seed,
                                          search_seconds=time.perf_counter() - started, episodes=episodes,
                                          finetune_epochs=config["evaluate"]["finetune_epochs"],

@@ -123,6 +123,7 @@ def final_report(env: PruningEnv, model: nn.Module, record: dict, *, policy: str
         **({"kept_units": record["kept_units"]} if "kept_units" in record else {}),
         "metric_base_val": record["metric_base_val"], "metric_pruned_val": record["metric_pruned_val"],
         "finetune_epochs": finetune_epochs, "finetune_epochs_total": spent + finetune_epochs,
+        "rounds": record.get("rounds", 1),
         "latency_threads": pruned_latency["threads"],
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
     }

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agents.callbacks import TopCandidatesCallback
+from agents.heuristics import FixedWidths, InRounds
 from agents.parallel import Parallelism
 from agents.search import (
     SearchMonitor,
@@ -112,6 +113,20 @@ def start_workers(parallel: Parallelism, agent: str, env: PruningEnv):
     return parallel.start(env)
 
 
+def check_rounds(agent: str | None, config: dict) -> None:
+    """Refuse ``evaluate.rounds`` above 1 where rounds cannot reach the agent's network: the
+    channel agents choose units, which rounds would choose again, and rounds re-measure only
+    the ``l1`` and ``activation`` criteria."""
+    if int(config["evaluate"].get("rounds", 1)) <= 1:
+        return
+    if agent is not None and action_mode_of(agent) == "mask":
+        raise UsageError(f"--rounds: {agent} chooses units, which rounds would choose again; "
+                         "reach its network in one round (--rounds 1)")
+    if config["env"].get("criterion") not in ("l1", "activation"):
+        raise UsageError(f"--rounds re-measures the l1 or activation criterion, not {config['env'].get('criterion')!r}: "
+                         "pass --criterion l1 or activation, or --rounds 1")
+
+
 def train_and_report(run: TrainRun) -> dict:
     """Search, keep the best network, fine-tune, measure on the test split, save, export."""
     target, out = run.target, Path(run.out)
@@ -154,23 +169,28 @@ def train_and_report(run: TrainRun) -> dict:
         model, record, reselection = reselect(env, top[0].records, held_out, prepare)
         reselection = {"top": top_k, "offset": env.val_size, "finetune_steps": steps, **reselection}
     search_seconds = monitor.elapsed() if run.resume else time.perf_counter() - started
+    searched = record
+    rounds = int(run.config["evaluate"].get("rounds", 1))
+    if rounds > 1:  # the best widths reached in rounds, the fine-tunes between them out of the one budget
+        model, record = InRounds(env, FixedWidths(env, searched["keep_counts"]), seed=run.seed, rounds=rounds,
+                                 finetune_budget=run.config["evaluate"]["finetune_epochs"]).run()
 
     report, finetuned = final_report(
         env, model, record, policy=run.agent, seed=run.seed, search_seconds=search_seconds,
         episodes=monitor.counted_episodes, finetune_epochs=run.config["evaluate"]["finetune_epochs"],
         latency_batch_size=run.config["evaluate"]["latency_batch_size"], show_progress=run.show_progress)
-    episode = record.get("episode")
+    episode = searched.get("episode")
     report["best_episode"] = episode if isinstance(episode, int) else None  # None: no episode was played
     report["policy_mode"] = "best_episode" if isinstance(episode, int) else "deterministic"
     report["episodes_played"] = monitor.episodes
     report["first_beats_reference"] = monitor.first_beat
-    report["best_reward"] = record["reward"]
+    report["best_reward"] = searched["reward"]
     report["reselection"] = reselection
     report["agent_start"] = getattr(agent, "start", None)
     report["baselines"] = {name: {k: r[k] for k in ("reward", "metric_pruned_val", "flops_ratio", "keep_ratios")}
                            for name, r in baselines.items()}
     if baselines:
-        print(format_comparison(run.agent, record, baselines))
+        print(format_comparison(run.agent, searched, baselines))
     save_network(out, env, finetuned, report)
     if run.export:
         measured = {report["latency_batch_size"]: {"base": report["latency_ms_base"],

@@ -107,6 +107,24 @@ def device_name(name: str) -> str:
     return name
 
 
+def add_final_finetune_arguments(parser: argparse.ArgumentParser, what: str = "the chosen network") -> None:
+    """``--finetune-epochs`` and ``--rounds``: how the chosen network is reached and fine-tuned
+    before the test split (override the config's ``evaluate`` section)."""
+    parser.add_argument("--finetune-epochs", type=float, default=None,
+                        help=f"fine-tuning of {what} before the test split (default: the target's config)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help=f"reach {what} in this many rounds, re-ranking units and fine-tuning between rounds "
+                             "out of the one --finetune-epochs budget, as ngf_scheduled does (default: the "
+                             "target's config, 1: single-shot)")
+
+
+def final_finetune_overrides(args: argparse.Namespace) -> dict:
+    """The ``evaluate`` section's overrides from :func:`add_final_finetune_arguments`'s flags, checked."""
+    check_at_least("--finetune-epochs", args.finetune_epochs, 0)
+    check_at_least("--rounds", args.rounds, 1)
+    return {"finetune_epochs": args.finetune_epochs, "rounds": args.rounds}
+
+
 def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
     """``--evaluation``, ``--val-size``, ``--bn-calibration-size``, ``--finetune-steps``, the latency
     budget's and ``--round-to`` (override the config)."""

@@ -130,10 +130,15 @@ class EvaluateConfig:
     """Epochs of fine-tuning (rounds of distillation for a policy) before the test split; 0: none."""
     latency_batch_size: int = 64
     """Batch size of the latency measurement."""
+    rounds: int = 1
+    """Reach the chosen network in this many rounds, re-ranking units and fine-tuning between
+    them out of ``finetune_epochs``, as ``ngf_scheduled`` does (1: single-shot; policies with
+    rounds of their own keep theirs)."""
 
     def check(self) -> None:
         _fail(self.finetune_epochs < 0, f"evaluate.finetune_epochs must be at least 0, got {self.finetune_epochs}")
         _at_least("evaluate.latency_batch_size", self.latency_batch_size, 1)
+        _at_least("evaluate.rounds", self.rounds, 1)
 
 
 @dataclass

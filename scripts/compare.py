@@ -20,14 +20,17 @@ from agents import HEURISTICS
 from agents.parallel import add_parallel_arguments, parallelism_from_args
 from agents.search import AGENTS
 from experiments.compare import HEURISTIC_NAMES, compare
+from experiments.train import check_rounds
 from prune_env.cli import (
     UsageError,
     add_evaluation_arguments,
+    add_final_finetune_arguments,
     add_target_arguments,
     check_at_least,
     check_budget_reachable,
     check_out_folder,
     evaluation_overrides,
+    final_finetune_overrides,
     make_parser,
     parse_fractions,
     refuse_latency_budget,
@@ -58,8 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reselect-steps", type=int, default=None,
                         help="with --reselect-top: fine-tune a copy of each re-selected network this many steps "
                              "before measuring it (default: the target's config, 0: off)")
-    parser.add_argument("--finetune-epochs", type=float, default=None,
-                        help="fine-tuning before the test split (default: the target's config)")
+    add_final_finetune_arguments(parser, "every policy's network")
     parser.add_argument("--config", default=None,
                         help="a YAML file overriding the packaged prune_env/configs/<target>.yaml and "
                              "<agent>.yaml; flags override it (default: none)")
@@ -79,7 +81,6 @@ def main() -> None:
     check_at_least("--episodes", args.episodes, 1)
     check_at_least("--reselect-top", args.reselect_top, 0)
     check_at_least("--reselect-steps", args.reselect_steps, 0)
-    check_at_least("--finetune-epochs", args.finetune_epochs, 0)
     out = check_out_folder(args.out, ("results.csv", "runs.csv"), args.force or args.resume)
     parallel = parallelism_from_args(args)
     missing = [r for r in args.runs if not (Path(r) / "report.json").is_file()]
@@ -105,9 +106,11 @@ def main() -> None:
     overrides = {"env": evaluation_overrides(args),
                  "search": {"episodes": args.episodes, "reselect_top": args.reselect_top,
                             "reselect_finetune_steps": args.reselect_steps},
-                 "evaluate": {"finetune_epochs": args.finetune_epochs}}
+                 "evaluate": final_finetune_overrides(args)}
     config = load_config(args.target, config_file=args.config, overrides=overrides)
     agent_configs = {a: load_config(args.target, a, args.config, overrides) for a in agents}
+    for agent, agent_config in (None, config), *agent_configs.items():
+        check_rounds(agent, agent_config)
     refuse_latency_budget(config, "compare.py")
     target = target_from_args(args)
     check_budget_reachable(target, min(budgets), config["env"]["min_keep"], flag="--flops-budgets", round_to=config["env"].get("round_to"))

@@ -18,12 +18,13 @@ import time
 from pathlib import Path
 
 from agents import HEURISTICS, check_policy, make_policy, saved_run
-from agents.base import prune_with
-from agents.heuristics import FixedWidths, InRounds
+from agents.base import PrunesInRounds, prune_with
+from agents.heuristics import FixedWidths, in_rounds
 from experiments.report import final_report, format_report, write_report
 from prune_env.cli import (
     UsageError,
     add_evaluation_arguments,
+    add_final_finetune_arguments,
     add_target_arguments,
     check_at_least,
     check_budget_reachable,
@@ -31,6 +32,7 @@ from prune_env.cli import (
     check_latency_budget,
     check_out_folder,
     evaluation_overrides,
+    final_finetune_overrides,
     make_parser,
     run_main,
     target_from_args,
@@ -61,12 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "that one architecture, its units chosen by --criterion (default: the target's)")
     parser.add_argument("--flops-budget", type=float, default=None,
                         help="fraction of the FLOPs to keep, in (0, 1] (default: the target's config)")
-    parser.add_argument("--finetune-epochs", type=float, default=None,
-                        help="fine-tuning before the test split (default: the target's config)")
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="reach the policy's network in this many rounds, re-ranking units and fine-tuning "
-                             "between rounds out of the one --finetune-epochs budget, as ngf_scheduled does "
-                             "(default: 1, single-shot)")
+    add_final_finetune_arguments(parser, "the policy's network")
     parser.add_argument("--seed", type=int, default=0, help="seeds the policy and its episode")
     parser.add_argument("--criterion", default=None, choices=list(CRITERIA),
                         help="which units of a layer go (default: the policy's own, else the target's config)")
@@ -82,12 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main() -> None:
     args = build_parser().parse_args()
     check_fraction("--flops-budget", args.flops_budget)
-    check_at_least("--finetune-epochs", args.finetune_epochs, 0)
+    final_flags = final_finetune_overrides(args)
     check_at_least("--seed", args.seed, 0)
-    check_at_least("--rounds", args.rounds, 1)
     check_out_folder(args.out, ("report.json",), args.force)
     if args.policy is not None:
         check_policy(args.policy)
+    if (args.rounds or 1) > 1 and issubclass(HEURISTICS.get(args.policy, object), PrunesInRounds):
+        raise UsageError(f"--rounds: {args.policy} prunes in rounds of its own")
     flags = {"flops_budget": args.flops_budget, "criterion": args.criterion, **evaluation_overrides(args)}
     run = saved_run(args.policy) if args.policy else None  # a run folder: its own settings, unless a flag says otherwise
     trained_on = run["config"].get("target") if run else None
@@ -107,7 +105,7 @@ def main() -> None:
         run_env = {k: v for k, v in run_env.items() if k not in ("flops_budget", "latency_budget")}
     config = load_config(args.target, config_file=args.config, overrides={
         "env": {**run_env, **{k: v for k, v in flags.items() if v is not None}},
-        "evaluate": {"finetune_epochs": args.finetune_epochs},
+        "evaluate": final_flags,
     })
     target = target_from_args(args)
     check_budget_reachable(target, config["env"]["flops_budget"], config["env"]["min_keep"],
@@ -125,12 +123,11 @@ def main() -> None:
         env, policy, policy_mode = make_policy(args.policy, target, config["env"], seed=args.seed,
                                                criterion_given=args.criterion is not None or run is not None,
                                                finetune_budget=config["evaluate"]["finetune_epochs"])
-    if args.rounds > 1:
-        try:
-            policy = InRounds(env, policy, seed=args.seed, rounds=args.rounds,
-                              finetune_budget=config["evaluate"]["finetune_epochs"])
-        except ValueError as error:
-            raise UsageError(f"--rounds: {error}") from None
+    try:
+        policy = in_rounds(env, policy, config["evaluate"]["rounds"], seed=args.seed,
+                           finetune_budget=config["evaluate"]["finetune_epochs"])
+    except ValueError as error:
+        raise UsageError(f"--rounds: {error}") from None
     model, record, episodes = prune_with(env, policy, args.seed)
     search_seconds = time.perf_counter() - started
     report, _ = final_report(env, model, record, policy=getattr(policy, "name", args.policy), seed=args.seed,

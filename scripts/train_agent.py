@@ -24,16 +24,18 @@ from pathlib import Path
 from agents.parallel import add_parallel_arguments, parallelism_from_args
 from agents.search import AGENTS
 from experiments.report import format_report
-from experiments.train import TrainRun, train_and_report
+from experiments.train import TrainRun, check_rounds, train_and_report
 from prune_env.cli import (
     UsageError,
     add_evaluation_arguments,
+    add_final_finetune_arguments,
     add_target_arguments,
     check_at_least,
     check_budget_reachable,
     check_fraction,
     check_latency_budget,
     evaluation_overrides,
+    final_finetune_overrides,
     make_parser,
     prepare_run_folder,
     run_main,
@@ -66,8 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default=None, help="run folder (default: runs/<target>-<agent>-s<seed>-<time>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     parser.add_argument("--force", action="store_true", help="overwrite the run in --out")
-    parser.add_argument("--finetune-epochs", type=float, default=None,
-                        help="fine-tuning of the best network before the test split (default: the target's config)")
+    add_final_finetune_arguments(parser, "the best network")
     add_evaluation_arguments(parser)
     parser.add_argument("--no-export", action="store_true", help="write no TorchScript and ONNX files")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -84,16 +85,16 @@ def main() -> None:
     check_at_least("--reselect-top", args.reselect_top, 0)
     check_at_least("--reselect-steps", args.reselect_steps, 0)
     check_at_least("--seed", args.seed, 0)
-    check_at_least("--finetune-epochs", args.finetune_epochs, 0)
     parallel = parallelism_from_args(args)
     config = load_config(args.target, args.agent, args.config, overrides={
         "env": {"flops_budget": args.flops_budget, "reward": args.reward, **evaluation_overrides(args)},
         "search": {"episodes": args.episodes, "reselect_top": args.reselect_top,
                    "reselect_finetune_steps": args.reselect_steps},
-        "evaluate": {"finetune_epochs": args.finetune_epochs},
+        "evaluate": final_finetune_overrides(args),
     })
     if config["env"].get("reward") != "budget" and args.flops_budget is None:
         config["env"]["flops_budget"] = None
+    check_rounds(args.agent, config)
     out = Path(args.out or f"runs/{args.target}-{args.agent}-s{args.seed}-{datetime.now():%Y%m%d-%H%M%S}")
     target = target_from_args(args)
     check_budget_reachable(target, config["env"].get("flops_budget"), config["env"].get("min_keep", 0.1),

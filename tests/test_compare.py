@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import pandas as pd
 import pytest
+import torch
 
-from experiments.compare import RESULT_COLUMNS
+from experiments.compare import RESULT_COLUMNS, compare, finished_report, run_folder
+from experiments.train import check_rounds
+from prune_env.cli import UsageError
+from prune_env.config import load_config
 from target_models import get_target
 from tests.helpers import REPO, script_env
 
@@ -54,3 +59,37 @@ def test_compare_rejects_bad_budgets(isolated_home, tmp_path):
         [sys.executable, "scripts/compare.py", "--target", "cartpole_policy", "--flops-budgets", "0.3,1.4",
          "--out", str(tmp_path)], cwd=REPO, env=script_env(isolated_home), capture_output=True, text=True)
     assert result.returncode == 2 and "--flops-budgets must lie in (0, 1]" in result.stderr
+
+
+def test_compare_reaches_every_single_shot_network_in_rounds(pretrained_cartpole, tmp_path):
+    """With ``evaluate.rounds`` every heuristic and searcher reaches its network in rounds out of
+    the one fine-tuning budget; ngf_scheduled keeps its own rounds; resuming with other rounds fails."""
+    config = load_config("cartpole_policy", overrides={
+        "env": {"flops_budget": 0.3, "val_size": 3}, "search": {"episodes": 4},
+        "evaluate": {"finetune_epochs": 0.2, "rounds": 2}})
+    agent_config = load_config("cartpole_policy", "random_search", overrides={
+        "env": {"flops_budget": 0.3, "val_size": 3}, "search": {"episodes": 4},
+        "evaluate": {"finetune_epochs": 0.2, "rounds": 2}})
+    table = compare(get_target("cartpole_policy"), config, [0.3], [0], tmp_path, heuristics=("l1", "ngf_scheduled"),
+                    train_agents=("random_search",), agent_configs={"random_search": agent_config})
+    rows = table.set_index("policy")
+    assert rows.loc["l1", "rounds"] == 2 and rows.loc["random_search", "rounds"] == 2
+    assert rows.loc["ngf_scheduled", "rounds"] == 3
+    assert list(rows["finetune_epochs_total"]) == pytest.approx([0.2, 0.2, 0.2])
+    assert rows.loc["l1", "finetune_epochs"] == pytest.approx(0.1)  # half went between the two rounds
+    searched = json.loads((run_folder(tmp_path, "random_search", 0.3, 0) / "report.json").read_text())
+    assert searched["best_episode"] is not None and searched["best_reward"] is not None
+    saved = torch.load(run_folder(tmp_path, "random_search", 0.3, 0) / "pruned_model.pt", weights_only=False)
+    assert saved["meta"]["widths"] == searched["keep_counts"]  # the network the rounds reached is the one saved
+    with pytest.raises(UsageError, match="evaluate.rounds = 2, this comparison uses 1"):
+        finished_report(run_folder(tmp_path, "l1", 0.3, 0), {**config, "evaluate": {**config["evaluate"], "rounds": 1}})
+
+
+def test_rounds_are_refused_where_they_cannot_reach_the_network():
+    config = load_config("cartpole_policy", overrides={"evaluate": {"rounds": 3}})
+    check_rounds("ppo", config)  # keep-ratios and the l1 criterion: fine
+    with pytest.raises(UsageError, match="reinforce_channels chooses units"):
+        check_rounds("reinforce_channels", config)
+    with pytest.raises(UsageError, match="not 'random'"):
+        check_rounds(None, {**config, "env": {**config["env"], "criterion": "random"}})
+    check_rounds("reinforce_channels", load_config("cartpole_policy"))  # single-shot: anything goes
