@@ -102,23 +102,29 @@ class FixedAllocation:
 class FixedWidths(PrunesInRounds):
     """Given unit counts per layer, pruned in one go with the environment's criterion and
     measured as an episode would be, whatever the budget says: one architecture, measured
-    (``evaluate.py --widths``)."""
+    (``evaluate.py --widths``). ``kept_units``: the very units of every layer (a channel
+    agent's choice), instead of the criterion's."""
 
     name = "widths"
     rounds = 1
 
-    def __init__(self, env: PruningEnv, counts):
+    def __init__(self, env: PruningEnv, counts, kept_units=None):
         counts = np.asarray(counts, dtype=np.int64)
         units = env.units
         if counts.shape != units.shape or (counts < 1).any() or (counts > units).any():
             layers = ", ".join(f"{layer.kind} {layer.units}" for layer in env.layers)
             raise ValueError(f"widths {counts.tolist()} do not fit {env.target.name}: give {len(units)} counts, "
                              f"each from 1 to the layer's units ({layers})")
-        self.env, self.counts = env, counts
+        if kept_units is not None and [len(k) for k in kept_units] != counts.tolist():
+            raise ValueError(f"kept_units hold {[len(k) for k in kept_units]} units, not the widths {counts.tolist()}")
+        self.env, self.counts, self.kept_units = env, counts, kept_units
 
     def run(self) -> tuple[torch.nn.Module, dict]:
-        model = self.env.pruner.prune_counts(self.counts, self.env.criterion)
-        return model, self.finish(model, self.counts)
+        if self.kept_units is None:
+            model = self.env.pruner.prune_counts(self.counts, self.env.criterion)
+            return model, self.finish(model, self.counts)
+        model = self.env.pruner.prune_indices(self.kept_units)
+        return model, {**self.finish(model, self.counts), "kept_units": [[int(i) for i in k] for k in self.kept_units]}
 
 
 class RandomPolicy(HeuristicPolicy):
@@ -179,15 +185,14 @@ class InRounds(PrunesInRounds):
     by the environment's criterion re-measured on the current network, and the network is
     fine-tuned between rounds out of the one fine-tuning budget (an even share per round,
     ``finetune_epochs_spent`` in the record). Separates what an allocation is worth from what
-    a schedule is worth: ``ngf_scheduled`` against ``ppo`` in rounds is like for like."""
+    a schedule is worth: ``ngf_scheduled`` against ``ppo`` in rounds is like for like.
+    A channel policy (``action_mode='mask'``) chose its units: they all stay in every round,
+    and the criterion only orders the others' going, so the last round ends at its very units."""
 
     def __init__(self, env: PruningEnv, policy, seed: int = 0, rounds: int = 3, power: float = 3.0,
                  finetune_budget: float = 1.0):
         if getattr(policy, "rounds", 1) > 1:
             raise ValueError(f"{policy.name} prunes in rounds of its own")
-        if env.unwrapped.action_mode != "ratio":
-            raise ValueError("rounds reach a policy's widths; the channel agents choose units (action_mode='mask'), "
-                             "which rounds would choose again: use a keep-ratio policy")
         if env.criterion not in ("l1", "activation"):
             raise ValueError(f"rounds re-measure the 'l1' or 'activation' criterion, not {env.criterion!r}")
         if rounds < 1 or finetune_budget < 0:
@@ -206,18 +211,20 @@ class InRounds(PrunesInRounds):
     def run(self) -> tuple[torch.nn.Module, dict]:
         env = self.env
         if isinstance(self.policy, FixedWidths):  # given widths: nothing to prune or measure first
-            final = self.policy.counts
+            chosen = {"keep_counts": self.policy.counts, "kept_units": self.policy.kept_units}
         elif isinstance(self.policy, PrunesInRounds):  # its one round gives the widths
-            final = np.asarray(self.policy.run()[1]["keep_counts"], dtype=np.int64)
+            chosen = self.policy.run()[1]
         else:
-            final = np.asarray(run_episode(env, self.policy, seed=self.seed)["keep_counts"], dtype=np.int64)
+            chosen = run_episode(env, self.policy, seed=self.seed)
+        final, kept = np.asarray(chosen["keep_counts"], dtype=np.int64), chosen.get("kept_units")
         plan = self.widths(final)
         rounds = RoundPruner(env.model, env.target.example_input(), [c.sum() / env.units.sum() for c in plan],
                              env.pruner.calibration_inputs, env.criterion, resource="units",
                              layer_types=env.pruner.extra_layer_types, keep_layers=env.target.keep_layers)
         for k, counts in enumerate(plan, start=1):
-            model = self.between_rounds(rounds.step_to(counts), k)
-        return model, self.finish(model, final)
+            model = self.between_rounds(rounds.step_to(counts, required=kept), k)
+        record = self.finish(model, final)
+        return model, record if kept is None else {**record, "kept_units": [[int(i) for i in k] for k in kept]}
 
 
 def in_rounds(env: PruningEnv, policy, rounds: int, seed: int = 0, finetune_budget: float = 1.0):

@@ -113,15 +113,11 @@ def start_workers(parallel: Parallelism, agent: str, env: PruningEnv):
     return parallel.start(env)
 
 
-def check_rounds(agent: str | None, config: dict) -> None:
-    """Refuse ``evaluate.rounds`` above 1 where rounds cannot reach the agent's network: the
-    channel agents choose units, which rounds would choose again, and rounds re-measure only
-    the ``l1`` and ``activation`` criteria."""
+def check_rounds(config: dict) -> None:
+    """Refuse ``evaluate.rounds`` above 1 where rounds cannot reach the agent's network:
+    rounds re-measure only the ``l1`` and ``activation`` criteria."""
     if int(config["evaluate"].get("rounds", 1)) <= 1:
         return
-    if agent is not None and action_mode_of(agent) == "mask":
-        raise UsageError(f"--rounds: {agent} chooses units, which rounds would choose again; "
-                         "reach its network in one round (--rounds 1)")
     if config["env"].get("criterion") not in ("l1", "activation"):
         raise UsageError(f"--rounds re-measures the l1 or activation criterion, not {config['env'].get('criterion')!r}: "
                          "pass --criterion l1 or activation, or --rounds 1")
@@ -172,7 +168,8 @@ def train_and_report(run: TrainRun) -> dict:
     searched = record
     rounds = int(run.config["evaluate"].get("rounds", 1))
     if rounds > 1:  # the best widths reached in rounds, the fine-tunes between them out of the one budget
-        model, record = InRounds(env, FixedWidths(env, searched["keep_counts"]), seed=run.seed, rounds=rounds,
+        chosen = FixedWidths(env, searched["keep_counts"], searched.get("kept_units"))
+        model, record = InRounds(env, chosen, seed=run.seed, rounds=rounds,
                                  finetune_budget=run.config["evaluate"]["finetune_epochs"]).run()
 
     report, finetuned = final_report(

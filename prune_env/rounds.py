@@ -16,6 +16,7 @@ from prune_env.bisection import counts_within_flops
 from prune_env.importance import global_threshold_counts
 from prune_env.layer_types import LayerType
 from prune_env.pruner import make_pruner
+from prune_env.surgery import top_units
 
 RESOURCES = ("flops", "units")
 
@@ -60,6 +61,8 @@ class RoundPruner:
         self.floor = np.ones_like(original.units) if floor is None else np.asarray(floor)
         self.model: nn.Module = model
         self.counts: np.ndarray = original.units.copy()
+        self.origin: list[np.ndarray] = [np.arange(n) for n in original.units]
+        """The original network's index of every unit of every layer of :attr:`model`."""
         self.round = 0
 
     def step(self) -> nn.Module:
@@ -78,17 +81,32 @@ class RoundPruner:
             counts = np.minimum(counts_at(min(1.0, keep * self.units_total / pruner.units.sum())), pruner.units)
         return self._prune(pruner, counts)
 
-    def step_to(self, counts: np.ndarray) -> nn.Module:
+    def step_to(self, counts: np.ndarray, required: Sequence[Sequence[int]] | None = None) -> nn.Module:
         """Prune the current network to ``counts`` units per layer (at most its own), the
-        units chosen by the criterion re-measured on it: a round towards given widths."""
+        units chosen by the criterion re-measured on it: a round towards given widths.
+        ``required``: units of the *original* network, per layer, that stay whatever their
+        score (a channel agent's chosen units; ``counts`` must leave room for them)."""
         pruner = self._current_pruner()
-        return self._prune(pruner, np.minimum(np.asarray(counts, dtype=np.int64), pruner.units))
+        counts = np.minimum(np.asarray(counts, dtype=np.int64), pruner.units)
+        if required is None:
+            return self._prune(pruner, counts)
+        keep = []
+        for layer, (n, units) in enumerate(zip(counts, required, strict=True)):
+            must = np.isin(self.origin[layer], np.asarray(units, dtype=np.int64))
+            if must.sum() > n:
+                raise ValueError(f"layer {layer}: {int(must.sum())} required units do not fit in {int(n)}")
+            scores = pruner.keep_scores(layer, self.criterion).clone()
+            scores[torch.from_numpy(must)] = float("inf")
+            keep.append(top_units(scores, int(n)))
+        return self._prune(pruner, counts, keep)
 
     def _current_pruner(self):
         return make_pruner(self.model, self.example, self.calibration_inputs, self.layer_types, self.keep_layers)
 
-    def _prune(self, pruner, counts: np.ndarray) -> nn.Module:
-        self.model = pruner.prune_counts(counts, self.criterion)
+    def _prune(self, pruner, counts: np.ndarray, keep: list[torch.Tensor] | None = None) -> nn.Module:
+        keep = pruner.keep_indices(counts, self.criterion) if keep is None else keep
+        self.model = pruner.prune_indices(keep)
+        self.origin = [origin[k.numpy()] for origin, k in zip(self.origin, keep, strict=True)]
         self.counts = counts
         self.round += 1
         return self.model

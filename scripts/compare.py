@@ -109,8 +109,8 @@ def main() -> None:
                  "evaluate": final_finetune_overrides(args)}
     config = load_config(args.target, config_file=args.config, overrides=overrides)
     agent_configs = {a: load_config(args.target, a, args.config, overrides) for a in agents}
-    for agent, agent_config in (None, config), *agent_configs.items():
-        check_rounds(agent, agent_config)
+    for agent_config in (config, *agent_configs.values()):
+        check_rounds(agent_config)
     refuse_latency_budget(config, "compare.py")
     target = target_from_args(args)
     check_budget_reachable(target, min(budgets), config["env"]["min_keep"], flag="--flops-budgets", round_to=config["env"].get("round_to"))

@@ -94,7 +94,7 @@ def main() -> None:
     })
     if config["env"].get("reward") != "budget" and args.flops_budget is None:
         config["env"]["flops_budget"] = None
-    check_rounds(args.agent, config)
+    check_rounds(config)
     out = Path(args.out or f"runs/{args.target}-{args.agent}-s{args.seed}-{datetime.now():%Y%m%d-%H%M%S}")
     target = target_from_args(args)
     check_budget_reachable(target, config["env"].get("flops_budget"), config["env"].get("min_keep", 0.1),

@@ -70,8 +70,6 @@ MISTAKES = [
     ("rounds-0", [*EVALUATE, "--policy", "l1", "--rounds", "0", "--out", "{w}/eval"], "--rounds must be at least 1, got 0"),
     ("rounds-ngf-scheduled", [*EVALUATE, "--policy", "ngf_scheduled", "--rounds", "2", "--out", "{w}/eval"],
      "--rounds: ngf_scheduled prunes in rounds of its own"),
-    ("compare-rounds-channel-agent", [*COMPARE, "--train-agents", "reinforce_channels", "--rounds", "3", "--out",
-                                      "{w}/cmp"], "--rounds: reinforce_channels chooses units"),
     ("evaluate-budget", [*EVALUATE, "--policy", "l1", "--flops-budget", "2", "--out", "{w}/eval"],
      "--flops-budget must lie in (0, 1], got 2.0"),
     ("evaluate-out-is-a-file", [*EVALUATE, "--policy", "l1", "--out", "{w}/file.txt"], "is a file"),

@@ -253,8 +253,26 @@ def test_a_single_shot_network_reached_in_rounds(pretrained_cartpole, monkeypatc
     assert policy.name == "l1+rounds"
     with pytest.raises(ValueError, match="prunes in rounds of its own"):
         InRounds(env, make_heuristic("ngf_scheduled", env))
-    with pytest.raises(ValueError, match="choose units"):
-        InRounds(PruningEnv(target, flops_budget=0.3, val_size=4, action_mode="mask"), make_heuristic("l1", env))
+
+
+def test_a_channel_agents_units_reached_in_rounds_are_its_very_units(pretrained_cartpole):
+    """In rounds, a channel choice's units all stay: the criterion only orders the others' going.
+    Without fine-tuning between rounds, the slices compose to the single-shot network exactly."""
+    target = get_target("cartpole_policy", limit=4)
+    env = PruningEnv(target, flops_budget=0.3, val_size=4, calibration_size=64, action_mode="mask",
+                     criterion="activation")
+    rng = np.random.default_rng(0)
+    kept = [sorted(rng.choice(int(u), size=int(u) // 3, replace=False).tolist()) for u in env.units]
+    chosen = FixedWidths(env, [len(k) for k in kept], kept)
+    single, single_record = chosen.run()
+    policy = InRounds(env, chosen, rounds=3, finetune_budget=0.0)
+    model, record = policy.run()
+    assert record["kept_units"] == kept == single_record["kept_units"] and record["rounds"] == 3
+    assert env.pruner.widths_of(model) == [len(k) for k in kept]
+    for (name, a), b in zip(model.state_dict().items(), single.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="not the widths"):
+        FixedWidths(env, [len(k) + 1 for k in kept], kept)
 
 
 def test_fixed_widths_measure_that_architecture_whatever_the_budget(pretrained_cartpole):
