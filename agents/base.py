@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 
 from prune_env.env import PruningEnv
 
@@ -37,9 +38,13 @@ class PrunesInRounds(ABC):
         """Prune in rounds; the final model and its record (an episode's record)."""
 
     def between_rounds(self, model, k: int):
-        """``model`` after round ``k``, fine-tuned for its share of the budget unless it is the last round."""
+        """``model`` after round ``k``, fine-tuned for its share of the budget unless it is the last round.
+        The fine-tune draws its dropout from ``seed + k`` alone, not from what the process ran
+        before (a search), so one network and seed give one result."""
         if k < self.rounds and self.finetune_epochs > 0:
-            self.env.target.finetune(model, epochs=self.finetune_epochs, seed=self.seed + k)
+            with torch.random.fork_rng():
+                torch.manual_seed(self.seed + k)
+                self.env.target.finetune(model, epochs=self.finetune_epochs, seed=self.seed + k)
         return model
 
     def finish(self, model, counts) -> dict:

@@ -24,7 +24,7 @@ HEURISTIC_NAMES = ("uniform", "l1", "ngf", "ngf_scheduled", "random")
 RESULT_COLUMNS = (
     "policy", "flops_budget", "seeds", "metric_pruned_mean", "metric_pruned_std", "metric_finetuned_mean",
     "metric_finetuned_std", "flops_ratio", "params_ratio", "latency_ratio", "search_seconds", "episodes",
-    "first_beat_episode", "first_beat_seconds",
+    "first_beat_episode", "first_beat_seconds", "rounds",
 )
 
 
@@ -171,6 +171,7 @@ def aggregate(table: pd.DataFrame) -> pd.DataFrame:
     beats = t["first_beats_reference"] if "first_beats_reference" in t else pd.Series([None] * len(t))
     t["first_beat_episode"] = [b["episode"] if isinstance(b, dict) else np.nan for b in beats]
     t["first_beat_seconds"] = [b["seconds"] if isinstance(b, dict) else np.nan for b in beats]
+    t["rounds"] = t["rounds"].fillna(1).astype(int) if "rounds" in t else 1  # reports made before rounds: single-shot
     grouped = t.groupby(["policy", "flops_budget"], sort=False)
     result = grouped.agg(
         seeds=("seed", "count"), metric_pruned_mean=("metric_pruned", "mean"),
@@ -179,6 +180,7 @@ def aggregate(table: pd.DataFrame) -> pd.DataFrame:
         params_ratio=("params_ratio", "mean"), latency_ratio=("latency_ratio", "mean"),
         search_seconds=("search_seconds", "mean"), episodes=("episodes", "mean"),
         first_beat_episode=("first_beat_episode", "mean"), first_beat_seconds=("first_beat_seconds", "mean"),
+        rounds=("rounds", "max"),
     ).reset_index()
     return result[list(RESULT_COLUMNS)]
 
@@ -198,7 +200,7 @@ def to_markdown(results: pd.DataFrame, table: pd.DataFrame) -> str:
         "metric after FT": [pm(m, s) for m, s in zip(results["metric_finetuned_mean"], results["metric_finetuned_std"], strict=True)],
         "FLOPs ratio": results["flops_ratio"].round(3), "params ratio": results["params_ratio"].round(3),
         "latency ratio": results["latency_ratio"].round(3), "search s": results["search_seconds"].round(1),
-        "episodes": results["episodes"].round(1),
+        "episodes": results["episodes"].round(1), "rounds": results["rounds"],
     })
     base = table["metric_base"].mean()
     header = (f"Target `{table['target'].iloc[0]}`, metric `{table['metric_name'].iloc[0]}` on the test split; "

@@ -114,13 +114,13 @@ def start_workers(parallel: Parallelism, agent: str, env: PruningEnv):
 
 
 def check_rounds(config: dict) -> None:
-    """Refuse ``evaluate.rounds`` above 1 where rounds cannot reach the agent's network:
-    rounds re-measure only the ``l1`` and ``activation`` criteria."""
+    """Refuse ``evaluate.rounds`` above 1 with a criterion rounds cannot re-measure (they
+    re-rank units by ``l1`` or ``activation`` on the current network)."""
     if int(config["evaluate"].get("rounds", 1)) <= 1:
         return
     if config["env"].get("criterion") not in ("l1", "activation"):
         raise UsageError(f"--rounds re-measures the l1 or activation criterion, not {config['env'].get('criterion')!r}: "
-                         "pass --criterion l1 or activation, or --rounds 1")
+                         "set env.criterion to l1 or activation (--config FILE), or pass --rounds 1")
 
 
 def train_and_report(run: TrainRun) -> dict:

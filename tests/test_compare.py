@@ -75,6 +75,7 @@ def test_compare_reaches_every_single_shot_network_in_rounds(pretrained_cartpole
     rows = table.set_index("policy")
     assert rows.loc["l1", "rounds"] == 2 and rows.loc["random_search", "rounds"] == 2
     assert rows.loc["ngf_scheduled", "rounds"] == 3
+    assert list(pd.read_csv(tmp_path / "results.csv")["rounds"]) == [2, 3, 2]
     assert list(rows["finetune_epochs_total"]) == pytest.approx([0.2, 0.2, 0.2])
     assert rows.loc["l1", "finetune_epochs"] == pytest.approx(0.1)  # half went between the two rounds
     searched = json.loads((run_folder(tmp_path, "random_search", 0.3, 0) / "report.json").read_text())

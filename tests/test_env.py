@@ -255,6 +255,20 @@ def test_a_single_shot_network_reached_in_rounds(pretrained_cartpole, monkeypatc
         InRounds(env, make_heuristic("ngf_scheduled", env))
 
 
+@needs_data
+def test_the_fine_tunes_between_rounds_do_not_depend_on_what_ran_before():
+    """Dropout draws from the round's seed, so a searcher's network reached in rounds after its
+    search equals the same widths reached in a fresh process."""
+    target = get_target("cnn_cifar10", limit=64)
+    env = PruningEnv(target, model=target.build_model(), flops_budget=0.5, val_size=64, calibration_size=64)
+    states = []
+    for before in (1, 2):
+        torch.manual_seed(before)  # what a search would leave behind
+        model, _ = InRounds(env, FixedWidths(env, [16, 32, 256]), seed=0, rounds=2, finetune_budget=1.0).run()
+        states.append(model.state_dict())
+    assert all(torch.equal(states[0][name], states[1][name]) for name in states[0])
+
+
 def test_a_channel_agents_units_reached_in_rounds_are_its_very_units(pretrained_cartpole):
     """In rounds, a channel choice's units all stay: the criterion only orders the others' going.
     Without fine-tuning between rounds, the slices compose to the single-shot network exactly."""
