@@ -47,12 +47,15 @@ class PrunesInRounds(ABC):
                 self.env.target.finetune(model, epochs=self.finetune_epochs, seed=self.seed + k)
         return model
 
-    def finish(self, model, counts) -> dict:
-        """The record of the final ``model`` with ``counts`` units per layer, measured as an
-        episode's, with the fine-tuning spent between rounds (``finetune_epochs_spent``)."""
+    def finish(self, model, counts, kept_units=None) -> dict:
+        """The record of the final ``model`` with ``counts`` units per layer (``kept_units``: the
+        very units, when a channel policy chose them), measured as an episode's, with the
+        fine-tuning spent between rounds (``finetune_epochs_spent``)."""
         env, counts = self.env, np.asarray(counts, dtype=np.int64)
         self.keep_ratios = counts / env.units
         record = env.measure(model, env.score(model), keep_counts=counts)
+        if kept_units is not None:
+            record["kept_units"] = [[int(i) for i in k] for k in kept_units]
         return {**record, "rounds": self.rounds, "finetune_epochs_spent": self.finetune_epochs * (self.rounds - 1)}
 
     def predict(self, observation, state=None, episode_start=None, deterministic=True):

@@ -16,7 +16,7 @@ import torch
 from agents.allocation import counts_meeting_budget, global_threshold_allocation, sample_allocation
 from agents.base import PrunesInRounds, run_episode
 from prune_env.env import PruningEnv
-from prune_env.rounds import RoundPruner
+from prune_env.rounds import ROUND_CRITERIA, RoundPruner
 from prune_env.schedules import polynomial_decay
 
 
@@ -120,11 +120,10 @@ class FixedWidths(PrunesInRounds):
         self.env, self.counts, self.kept_units = env, counts, kept_units
 
     def run(self) -> tuple[torch.nn.Module, dict]:
-        if self.kept_units is None:
-            model = self.env.pruner.prune_counts(self.counts, self.env.criterion)
-            return model, self.finish(model, self.counts)
-        model = self.env.pruner.prune_indices(self.kept_units)
-        return model, {**self.finish(model, self.counts), "kept_units": [[int(i) for i in k] for k in self.kept_units]}
+        pruner = self.env.pruner
+        model = (pruner.prune_counts(self.counts, self.env.criterion) if self.kept_units is None
+                 else pruner.prune_indices(self.kept_units))
+        return model, self.finish(model, self.counts, self.kept_units)
 
 
 class RandomPolicy(HeuristicPolicy):
@@ -193,7 +192,7 @@ class InRounds(PrunesInRounds):
                  finetune_budget: float = 1.0):
         if getattr(policy, "rounds", 1) > 1:
             raise ValueError(f"{policy.name} prunes in rounds of its own")
-        if env.criterion not in ("l1", "activation"):
+        if env.criterion not in ROUND_CRITERIA:
             raise ValueError(f"rounds re-measure the 'l1' or 'activation' criterion, not {env.criterion!r}")
         if rounds < 1 or finetune_budget < 0:
             raise ValueError(f"rounds needs at least one round and a fine-tuning budget of at least 0, "
@@ -223,8 +222,7 @@ class InRounds(PrunesInRounds):
                              layer_types=env.pruner.extra_layer_types, keep_layers=env.target.keep_layers)
         for k, counts in enumerate(plan, start=1):
             model = self.between_rounds(rounds.step_to(counts, required=kept), k)
-        record = self.finish(model, final)
-        return model, record if kept is None else {**record, "kept_units": [[int(i) for i in k] for k in kept]}
+        return model, self.finish(model, final, kept)
 
 
 def in_rounds(env: PruningEnv, policy, rounds: int, seed: int = 0, finetune_budget: float = 1.0):

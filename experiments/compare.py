@@ -37,8 +37,8 @@ RESUME_SETTINGS = (("env", "evaluation"), ("env", "val_size"), ("env", "bn_calib
                    ("env", "finetune_steps"), ("env", "criterion"), ("env", "min_keep"), ("env", "round_to"),
                    ("env", "reward"), ("evaluate", "finetune_epochs"), ("evaluate", "rounds"))
 """Settings a finished run of a comparison must share with the comparison that reuses it."""
-ROUNDS_DEFAULT = 1
-"""``evaluate.rounds`` of a run whose config predates it: single-shot."""
+RESUME_DEFAULTS = {("evaluate", "rounds"): 1}
+"""Settings a finished run's config may predate, with the value it ran at (single-shot)."""
 
 
 def finished_report(folder: Path, config: dict, agent: bool = False) -> dict | None:
@@ -52,7 +52,7 @@ def finished_report(folder: Path, config: dict, agent: bool = False) -> dict | N
     saved = json.loads(saved_path.read_text()) if saved_path.is_file() else {}
     keys = RESUME_SETTINGS + ((("search", "episodes"),) if agent else ())
     for section, key in keys:
-        default = ROUNDS_DEFAULT if (section, key) == ("evaluate", "rounds") else None  # runs made before rounds
+        default = RESUME_DEFAULTS.get((section, key))
         old = (saved.get(section) or {}).get(key, default) if saved else None
         new = (config.get(section) or {}).get(key, default)
         if old is not None and new is not None and old != new:

@@ -25,6 +25,7 @@ from prune_env.env import PruningEnv
 from prune_env.evaluation import make_evaluation
 from prune_env.export import export_all
 from prune_env.files import write_json
+from prune_env.rounds import ROUND_CRITERIA
 from target_models import Target
 
 
@@ -118,7 +119,7 @@ def check_rounds(config: dict) -> None:
     re-rank units by ``l1`` or ``activation`` on the current network)."""
     if int(config["evaluate"].get("rounds", 1)) <= 1:
         return
-    if config["env"].get("criterion") not in ("l1", "activation"):
+    if config["env"].get("criterion") not in ROUND_CRITERIA:
         raise UsageError(f"--rounds re-measures the l1 or activation criterion, not {config['env'].get('criterion')!r}: "
                          "set env.criterion to l1 or activation (--config FILE), or pass --rounds 1")
 

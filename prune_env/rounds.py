@@ -19,6 +19,8 @@ from prune_env.pruner import make_pruner
 from prune_env.surgery import top_units
 
 RESOURCES = ("flops", "units")
+ROUND_CRITERIA = ("l1", "activation")
+"""The criteria a round re-measures on the current network."""
 
 
 class RoundPruner:
@@ -47,7 +49,7 @@ class RoundPruner:
             raise ValueError(f"unknown resource {resource!r}; choose one of: {', '.join(RESOURCES)}")
         if not schedule or any(not 0.0 < float(f) <= 1.0 for f in schedule):
             raise ValueError(f"every round's target must lie in (0, 1], got {list(schedule)}")
-        if criterion not in ("activation", "l1"):
+        if criterion not in ROUND_CRITERIA:
             raise ValueError(f"rounds prune by 'activation' or 'l1', not {criterion!r}")
         self.example, self.calibration_inputs = example, calibration_inputs
         self.schedule, self.criterion, self.resource = [float(f) for f in schedule], criterion, resource
