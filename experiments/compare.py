@@ -35,10 +35,10 @@ def run_folder(out: Path, policy: str, budget: float, seed: int) -> Path:
 
 RESUME_SETTINGS = (("env", "evaluation"), ("env", "val_size"), ("env", "bn_calibration_size"),
                    ("env", "finetune_steps"), ("env", "criterion"), ("env", "min_keep"), ("env", "round_to"),
-                   ("env", "reward"), ("evaluate", "finetune_epochs"), ("evaluate", "rounds"))
+                   ("env", "budget_tolerance"), ("env", "reward"), ("evaluate", "finetune_epochs"), ("evaluate", "rounds"))
 """Settings a finished run of a comparison must share with the comparison that reuses it."""
-RESUME_DEFAULTS = {("evaluate", "rounds"): 1}
-"""Settings a finished run's config may predate, with the value it ran at (single-shot)."""
+RESUME_DEFAULTS = {("evaluate", "rounds"): 1, ("env", "budget_tolerance"): 0.0}
+"""Settings a finished run's config may predate, with the value it ran at (single-shot, exact landing)."""
 
 
 def finished_report(folder: Path, config: dict, agent: bool = False) -> dict | None:

@@ -118,7 +118,8 @@ def final_report(env: PruningEnv, model: nn.Module, record: dict, *, policy: str
         "episodes": episodes,
         # beyond the common schema
         "flops_ratio": record["flops_ratio"], "keep_counts": record["keep_counts"],
-        "criterion": record["criterion"], "round_to": record.get("round_to"), "reward_name": record["reward_name"],
+        "criterion": record["criterion"], "round_to": record.get("round_to"),
+        "budget_tolerance": record.get("budget_tolerance", 0.0), "reward_name": record["reward_name"],
         **{k: record[k] for k in (*EVALUATION_KEYS, *LATENCY_KEYS) if k in record},
         **({"kept_units": record["kept_units"]} if "kept_units" in record else {}),
         "metric_base_val": record["metric_base_val"], "metric_pruned_val": record["metric_pruned_val"],

@@ -127,7 +127,7 @@ def final_finetune_overrides(args: argparse.Namespace) -> dict:
 
 def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
     """``--evaluation``, ``--val-size``, ``--bn-calibration-size``, ``--finetune-steps``, the latency
-    budget's and ``--round-to`` (override the config)."""
+    budget's, ``--round-to`` and ``--budget-tolerance`` (override the config)."""
     from prune_env.evaluation import EVALUATIONS
 
     parser.add_argument("--evaluation", default=None, choices=list(EVALUATIONS),
@@ -161,6 +161,9 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--round-to", type=int, default=None, metavar="N",
                         help="keep a multiple of N units in every layer, or all of a layer's units "
                              "(default: the target's config, any count)")
+    parser.add_argument("--budget-tolerance", type=float, default=None, metavar="T",
+                        help="let a network land up to T (a fraction of the unpruned cost) under the budget, "
+                             "so that layers with few FLOPs keep a choice (default: the target's config)")
 
 
 def evaluation_overrides(args: argparse.Namespace) -> dict:
@@ -173,7 +176,9 @@ def evaluation_overrides(args: argparse.Namespace) -> dict:
     check_at_least("--latency-table-rounds", args.latency_table_rounds, 1)
     check_at_least("--latency-threads", args.latency_threads, 1)
     check_fraction("--latency-budget", args.latency_budget)
-    return {"evaluation": args.evaluation, "val_size": args.val_size, "bn_calibration_size": args.bn_calibration_size,
+    if args.budget_tolerance is not None and not 0.0 <= args.budget_tolerance < 1.0:
+        raise UsageError(f"--budget-tolerance must lie in [0, 1), below the budget, got {args.budget_tolerance}")
+    return {"evaluation": args.evaluation, "budget_tolerance": args.budget_tolerance, "val_size": args.val_size, "bn_calibration_size": args.bn_calibration_size,
             "finetune_steps": args.finetune_steps, "round_to": args.round_to, "latency_budget": args.latency_budget,
             "latency_batch_size": args.latency_batch_size, "latency_engine": args.latency_engine,
             "latency_statistic": args.latency_statistic, "latency_table_rounds": args.latency_table_rounds,

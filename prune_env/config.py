@@ -69,6 +69,9 @@ class EnvConfig:
     """Optimiser steps before each measurement (``finetune``)."""
     round_to: int | None = None
     """Keep a multiple of this many units in every layer, or all its units (``null``: any count)."""
+    budget_tolerance: float = 0.0
+    """How far under the budget a network may land, a fraction of the base cost in [0, budget): 0 lands
+    as close as a unit allows, which leaves a layer with a small share of the FLOPs no choice."""
     latency_budget: float | None = None
     """Fraction of the predicted unpruned latency to keep, in (0, 1]; replaces ``flops_budget`` when set."""
     latency_batch_size: int = 1
@@ -120,6 +123,9 @@ class EnvConfig:
         _at_least("env.bn_calibration_size", self.bn_calibration_size, 2)
         _at_least("env.finetune_steps", self.finetune_steps, 1)
         _at_least("env.round_to", self.round_to, 1)
+        budget = self.latency_budget if self.latency_budget is not None else self.flops_budget
+        _fail(not 0 <= self.budget_tolerance < (budget or 1),
+              f"env.budget_tolerance must lie in [0, budget) (a fraction of the base cost), got {self.budget_tolerance}")
 
 
 @dataclass

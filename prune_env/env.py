@@ -75,6 +75,13 @@ class PruningEnv(gym.Env):
     budget (one unit of the last layer is the finest step; with ``round_to``, one rounding
     step; with a ``latency_budget`` the same holds for predicted latency).
 
+    ``budget_tolerance=τ`` (a fraction of the base cost, default 0) widens the landing from
+    "as close to the budget as a unit allows" to anywhere in ``[budget - τ, budget]``: the
+    lower side of the clamp then only keeps ``budget - τ`` reachable (a τ finer than one
+    count's step lands as close as it can, as with 0). With τ = 0 a layer
+    whose FLOPs are a small share (the LSTM's dense layer, a last 2x2 convolution) has no
+    choice at all: its count is whatever fills the budget's remainder.
+
     With ``round_to=N`` every kept count is a multiple of N, or all the layer's units (a
     layer of fewer than N units keeps them all; AMC rounds to 8): a count is rounded to the
     nearest such value inside the clamp range, which is itself made of such values.
@@ -124,6 +131,8 @@ class PruningEnv(gym.Env):
     - ``action_mode``: ``ratio`` (a keep-ratio per layer) or ``mask`` (a score per unit).
     - ``min_keep``: lowest keep-ratio of any layer.
     - ``round_to``: kept unit counts are multiples of this (or all units); None: any count.
+    - ``budget_tolerance``: how far under the budget a network may land, a fraction of the
+      base cost in [0, budget); 0: as close as the counts allow.
     - ``latency_budget``: fraction of the unpruned network's *predicted* latency to keep, in
       place of ``flops_budget`` (which must then be None); the clamp works on the latency
       table's prediction (:mod:`prune_env.latency`, built once per device, batch
@@ -171,6 +180,7 @@ class PruningEnv(gym.Env):
         layer_types: tuple[LayerType, ...] | list[LayerType] = (),
         action_mode: str = "ratio",
         round_to: int | None = None,
+        budget_tolerance: float = 0.0,
         latency_budget: float | None = None,
         latency_batch_size: int = 1,
         latency_engine: str = "torch",
@@ -208,6 +218,10 @@ class PruningEnv(gym.Env):
         self.latency_budget, self.latency_threads = latency_budget, latency_threads
         self.budget = latency_budget if latency_budget is not None else flops_budget
         """The budget the clamp enforces, a fraction of ``cost_base``: predicted latency or FLOPs."""
+        if not 0.0 <= budget_tolerance < (self.budget or 1.0):
+            raise ValueError(f"budget_tolerance must lie in [0, budget) (a fraction of the base cost), got "
+                             f"{budget_tolerance}")
+        self.budget_tolerance = float(budget_tolerance)
         self.reward_name, self.reward_kwargs = reward, dict(reward_kwargs or {})
         self._reward_fn, self._importance = get_reward(reward), get_criterion(criterion)
         self.model = (model if model is not None else self.target.load_pretrained()).eval()
@@ -431,7 +445,8 @@ class PruningEnv(gym.Env):
                                  **self.reward_kwargs)
         return {
             "target": self.target.name, "flops_budget": self.flops_budget, "reward_name": self.reward_name,
-            "criterion": self.criterion, "round_to": self.round_to, **self.evaluation.settings(),
+            "criterion": self.criterion, "round_to": self.round_to, "budget_tolerance": self.budget_tolerance,
+            **self.evaluation.settings(),
             "keep_ratios": [round(int(c) / int(u), 6) for c, u in zip(counts, self.units, strict=True)],
             "keep_counts": [int(c) for c in counts],
             "flops_base": int(round(self.flops_base)), "flops_pruned": int(round(flops)), "flops_ratio": ratio,
@@ -507,8 +522,9 @@ class PruningEnv(gym.Env):
         last = len(allowed) - 1
         # largest count whose most-pruned completion still fits the budget
         hi = allowed[largest_int(0, last, lambda i: self._cost_with(t, allowed[i], self.min_counts) <= budget)]
-        # smallest count whose unpruned completion still reaches the budget
-        lo = allowed[smallest_int(0, last, lambda i: self._cost_with(t, allowed[i], self.units) >= budget)]
+        # smallest count whose unpruned completion still reaches the budget (less the tolerance)
+        floor = budget - self.budget_tolerance * self.cost_base
+        lo = allowed[smallest_int(0, last, lambda i: self._cost_with(t, allowed[i], self.units) >= floor)]
         if lo <= hi:
             return int(lo), int(hi)
         # the budget falls between two counts: take the one that can land closer to it, hi
