@@ -178,8 +178,8 @@ def evaluation_overrides(args: argparse.Namespace) -> dict:
     check_fraction("--latency-budget", args.latency_budget)
     if args.budget_tolerance is not None and not 0.0 <= args.budget_tolerance < 1.0:
         raise UsageError(f"--budget-tolerance must lie in [0, 1), below the budget, got {args.budget_tolerance}")
-    return {"evaluation": args.evaluation, "budget_tolerance": args.budget_tolerance, "val_size": args.val_size, "bn_calibration_size": args.bn_calibration_size,
-            "finetune_steps": args.finetune_steps, "round_to": args.round_to, "latency_budget": args.latency_budget,
+    return {"evaluation": args.evaluation, "val_size": args.val_size, "bn_calibration_size": args.bn_calibration_size,
+            "budget_tolerance": args.budget_tolerance, "finetune_steps": args.finetune_steps, "round_to": args.round_to, "latency_budget": args.latency_budget,
             "latency_batch_size": args.latency_batch_size, "latency_engine": args.latency_engine,
             "latency_statistic": args.latency_statistic, "latency_table_rounds": args.latency_table_rounds,
             "latency_threads": args.latency_threads}
