@@ -24,6 +24,14 @@ Initialisation (``init``):
   (``uniform`` with the env's criterion, ``l1``, ``ngf``) by the search's own reward: the
   first episodes of the search play those networks (they count in its episode budget,
   and are candidates like any other), then the agent starts from the best of them.
+
+Width noise (``width_noise=σ > 0``): a mask of n independent Bernoulli draws keeps almost the
+same number of units every episode (the count's spread is about sqrt(n)/2 units), so the agents
+explore which units stay but hardly how many. With width noise each layer's agent also draws
+one shift per episode, ``ε ~ N(μ, σ)``, added to all its logits before the mask is drawn: the
+whole layer keeps more or fewer units together, as a per-layer policy's keep-ratio would.
+The learnable mean ``μ`` (one per layer) takes a REINFORCE step on the shift's
+log-probability, the logits on the mask's; the sample is the mask with ``ε`` appended.
 """
 
 from __future__ import annotations
@@ -38,15 +46,62 @@ from prune_env.config import CHANNEL_INITS as INITS
 from prune_env.env import PruningEnv, mask_scores
 
 
-class ChannelAgent(nn.Module):
-    """One logit per unit of a layer; Bernoulli keep probabilities."""
+class ShiftedBernoulli:
+    """Bernoulli keep masks whose logits share one Gaussian shift per draw.
 
-    def __init__(self, logits: torch.Tensor):
+    A sample is the 0/1 mask with the shift appended; its log-probability is the shift's
+    plus the mask's given the shift. :attr:`probs` are the keep probabilities at the mean
+    shift, :meth:`probs_given` those a sample was drawn from."""
+
+    def __init__(self, logits: torch.Tensor, shift_mean: torch.Tensor, shift_std: float):
+        self.logits, self.shift = logits, torch.distributions.Normal(shift_mean, shift_std)
+
+    @property
+    def probs(self) -> torch.Tensor:
+        return torch.sigmoid(self.logits + self.shift.mean)
+
+    def probs_given(self, sample: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits + sample[-1])
+
+    def mode(self) -> torch.Tensor:
+        return torch.cat([(self.probs >= 0.5).float(), self.shift.mean.detach().reshape(1)])
+
+    def sample(self) -> torch.Tensor:
+        shift = self.shift.sample()
+        mask = torch.distributions.Bernoulli(logits=self.logits + shift).sample()
+        return torch.cat([mask, shift.reshape(1)]).detach()
+
+    def log_prob(self, sample: torch.Tensor) -> torch.Tensor:
+        mask, shift = sample[:-1], sample[-1]
+        return torch.cat([torch.distributions.Bernoulli(logits=self.logits + shift).log_prob(mask),
+                          self.shift.log_prob(shift).reshape(1)])
+
+    def entropy(self) -> torch.Tensor:
+        """The shift's entropy and the masks' at the mean shift (a lower bound on the joint's)."""
+        masks = torch.distributions.Bernoulli(logits=self.logits + self.shift.mean)
+        return torch.cat([masks.entropy(), self.shift.entropy().reshape(1)])
+
+
+class ChannelAgent(nn.Module):
+    """One logit per unit of a layer; Bernoulli keep probabilities (with ``width_noise``, a
+    learnable mean shift of all the layer's logits, drawn per episode)."""
+
+    def __init__(self, logits: torch.Tensor, width_noise: float = 0.0):
         super().__init__()
         self.logits = nn.Parameter(logits.detach().float().clone())
+        self.width_noise = float(width_noise)
+        if self.width_noise > 0:
+            self.shift_mean = nn.Parameter(torch.zeros(()))
 
-    def forward(self) -> torch.distributions.Bernoulli:
+    def forward(self) -> torch.distributions.Bernoulli | ShiftedBernoulli:
+        if self.width_noise > 0:
+            return ShiftedBernoulli(self.logits, self.shift_mean, self.width_noise)
         return torch.distributions.Bernoulli(logits=self.logits)
+
+    def keep_probabilities(self) -> torch.Tensor:
+        """The units' keep probabilities (at the mean shift)."""
+        shift = self.shift_mean if self.width_noise > 0 else 0.0
+        return torch.sigmoid(self.logits + shift)
 
 
 def initial_logits(env: PruningEnv, init: str, init_keep: float | None, importance_scale: float) -> list[torch.Tensor]:
@@ -110,14 +165,18 @@ class ReinforceChannelAgents(BatchReinforce):
         init_keep: float | None = None,
         importance_scale: float = 1.0,
         entropy_coef: float = 0.0,
+        width_noise: float = 0.0,
         seed: int = 0,
     ):
+        if not width_noise >= 0:
+            raise ValueError(f"width_noise must be at least 0, got {width_noise}")
         hparams = {"learning_rate": learning_rate, "batch_episodes": batch_episodes, "init": init,
                    "init_keep": init_keep, "importance_scale": importance_scale, "entropy_coef": entropy_coef,
-                   "seed": seed}
+                   "width_noise": width_noise, "seed": seed}
         torch.manual_seed(seed)
         base = env.unwrapped
-        policies = nn.ModuleList(ChannelAgent(logits) for logits in initial_logits(base, init, init_keep, importance_scale))
+        policies = nn.ModuleList(ChannelAgent(logits, width_noise)
+                                 for logits in initial_logits(base, init, init_keep, importance_scale))
         self._width = base.action_space.shape[0]
         super().__init__(env, policies, hparams)
 
@@ -137,19 +196,25 @@ class ReinforceChannelAgents(BatchReinforce):
         with torch.no_grad():
             for policy, logits in zip(self.policies, logits_keeping(self.env.unwrapped, kept, keep), strict=True):
                 policy.logits.copy_(logits)
+                if policy.width_noise > 0:
+                    policy.shift_mean.zero_()
 
     def _distribution(self, layer, obs):
         return self.policies[layer]()
 
     def _mode(self, dist):
-        return (dist.probs >= 0.5).float()
+        return dist.mode() if isinstance(dist, ShiftedBernoulli) else (dist.probs >= 0.5).float()
 
     def _action(self, layer, sample, dist):
+        if isinstance(dist, ShiftedBernoulli):
+            sample, probs = sample[:-1], dist.probs_given(sample)
+        else:
+            probs = dist.probs
         scores = np.zeros(self._width, dtype=np.float32)
-        scores[:len(sample)] = mask_scores(sample.numpy(), dist.probs.detach().numpy())
+        scores[:len(sample)] = mask_scores(sample.numpy(), probs.detach().numpy())
         return scores
 
     def keep_probabilities(self) -> list[np.ndarray]:
-        """Every layer's keep probabilities."""
+        """Every layer's keep probabilities (at the mean shift)."""
         with torch.no_grad():
-            return [torch.sigmoid(p.logits).numpy() for p in self.policies]
+            return [p.keep_probabilities().numpy() for p in self.policies]

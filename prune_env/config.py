@@ -253,6 +253,9 @@ class ReinforceChannelsConfig:
     importance_scale: float = 1.0
     """Logit added per standard deviation of the criterion's score (``importance``)."""
     entropy_coef: float = 0.0
+    width_noise: float = 0.0
+    """Standard deviation of the shift drawn per layer and episode and added to all its logits, so that
+    whole layers explore keeping more or fewer units (0: independent Bernoulli masks only)."""
 
     def check(self) -> None:
         _fail(self.learning_rate <= 0, f"agent.learning_rate must be above 0, got {self.learning_rate}")
@@ -266,6 +269,7 @@ class ReinforceChannelsConfig:
               f"(at or below 0.5 the dropped units would be the likelier ones); got {self.init_keep}")
         _fail(self.importance_scale < 0, f"agent.importance_scale must be at least 0, got {self.importance_scale}")
         _fail(self.entropy_coef < 0, f"agent.entropy_coef must be at least 0, got {self.entropy_coef}")
+        _fail(not self.width_noise >= 0, f"agent.width_noise must be at least 0, got {self.width_noise}")
 
 
 @dataclass

@@ -148,6 +148,42 @@ def test_the_channel_agent_learns_to_keep_the_useful_units():
     assert set(np.argsort(-probs)[:len(USEFUL)]) == set(USEFUL)
 
 
+def test_the_channel_agent_learns_to_keep_the_useful_units_with_width_noise():
+    """Here the budget fixes the count, so the shift only adds variance: it takes more episodes."""
+    env = useful_units_env()
+    agent = make_agent("reinforce_channels", env, {"init": "uniform", "learning_rate": 0.2, "width_noise": 0.25}, seed=0)
+    agent.learn(800)
+    report = run_episode(env, agent, deterministic=True)
+    assert report["kept_units"] == [USEFUL] and report["reward"] > 0.99
+
+
+def test_width_noise_spreads_the_number_of_units_a_mask_keeps():
+    """Without it the count of n Bernoulli draws barely moves; the shared shift moves whole layers."""
+    logits = torch.zeros(256)
+
+    def counts(width_noise: float) -> np.ndarray:
+        from agents.reinforce_channels import ChannelAgent
+        torch.manual_seed(0)
+        dist = ChannelAgent(logits, width_noise)()
+        return np.array([float(dist.sample()[:256].sum()) for _ in range(200)])
+
+    plain, shifted = counts(0.0), counts(1.0)
+    assert plain.std() < 12 and shifted.std() > 3 * plain.std()
+    assert abs(shifted.mean() - 128) < 10  # the mean shift starts at 0: the same keep-ratio on average
+
+
+def test_width_noise_learns_a_shift_mean_from_the_shift_log_probability():
+    from agents.reinforce_channels import ChannelAgent
+    agent = ChannelAgent(torch.zeros(8), width_noise=0.5)
+    dist = agent()
+    sample = torch.cat([torch.ones(8), torch.tensor([0.7])])
+    dist.log_prob(sample).sum().backward()
+    assert agent.shift_mean.grad is not None and agent.shift_mean.grad > 0  # a shift above the mean pulls it up
+    assert torch.allclose(dist.probs_given(sample), torch.sigmoid(torch.full((8,), 0.7)))
+    with pytest.raises(ValueError, match="width_noise"):
+        make_agent("reinforce_channels", mask_env(), {"width_noise": -1.0})
+
+
 def test_initialisations():
     env = mask_env(layers=2, budget=0.5)
     uniform = make_agent("reinforce_channels", env, {"init": "uniform"}).keep_probabilities()
@@ -163,10 +199,10 @@ def test_initialisations():
     assert all(np.allclose(p, 0.95) for p in keep)
 
 
-@pytest.mark.parametrize("first, second", [(8, 8), (4, 12)])  # whole batches: where a search checkpoints
-def test_save_load_and_resume_equal_one_run(first, second, tmp_path):
+@pytest.mark.parametrize("first, second, width_noise", [(8, 8, 0.0), (4, 12, 0.0), (4, 12, 1.0)])  # whole batches
+def test_save_load_and_resume_equal_one_run(first, second, width_noise, tmp_path):
     env = mask_env(layers=3)
-    hparams = {"batch_episodes": 4, "init": "importance"}
+    hparams = {"batch_episodes": 4, "init": "importance", "width_noise": width_noise}
     whole = make_agent("reinforce_channels", env, hparams, seed=2)
     whole_monitor = SearchMonitor(env, show_progress=False)
     whole.learn(first + second, env=whole_monitor)
