@@ -100,8 +100,7 @@ class ChannelAgent(nn.Module):
 
     def keep_probabilities(self) -> torch.Tensor:
         """The units' keep probabilities (at the mean shift)."""
-        shift = self.shift_mean if self.width_noise > 0 else 0.0
-        return torch.sigmoid(self.logits + shift)
+        return self().probs
 
 
 def initial_logits(env: PruningEnv, init: str, init_keep: float | None, importance_scale: float) -> list[torch.Tensor]:
