@@ -13,7 +13,7 @@ from torch import nn
 from prune_env.cost import measure_latency
 from prune_env.env import PruningEnv
 from prune_env.files import write_json
-from target_models.device import torch_threads
+from target_models.device import autocast_enabled, torch_threads
 
 REPORT_KEYS = (
     "target", "policy", "seed", "flops_budget", "keep_ratios", "flops_base", "flops_pruned", "params_base",
@@ -114,6 +114,7 @@ def final_report(env: PruningEnv, model: nn.Module, record: dict, *, policy: str
         "metric_finetuned": evaluate_test(finetuned) if finetune_epochs > 0 else metric_pruned,
         "latency_ms_base": base_latency["ms"], "latency_ms_pruned": pruned_latency["ms"],
         "latency_batch_size": latency_batch_size, "device": str(target.device),
+        "eval_autocast": autocast_enabled(target.device, bool(getattr(target, "eval_autocast", False))),
         "search_seconds": round(search_seconds, 2),
         "episodes": episodes,
         # beyond the common schema

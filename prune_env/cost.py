@@ -22,7 +22,14 @@ from tqdm.auto import tqdm
 
 from prune_env.layer_types import LayerTypes
 from prune_env.structure import PrunableLayer, trace_shapes
-from target_models.device import autocast, module_device, on_device, synchronizer, to_device
+from target_models.device import (
+    autocast,
+    autocast_enabled,
+    module_device,
+    on_device,
+    synchronizer,
+    to_device,
+)
 
 
 def lstm_flop_jit(inputs, outputs) -> int:
@@ -198,7 +205,7 @@ def measure_latency(model: nn.Module, example: torch.Tensor, repeats: int = 20, 
     with on_device(model, device), autocast(device, mixed_precision):
         ms = wall_ms(forward_call(model, example, device), repeats, warmup, statistic=statistic)
     return {"ms": ms, "batch_size": int(example.shape[0]), "device": str(device),
-            "threads": torch.get_num_threads(), "repeats": repeats, "mixed_precision": mixed_precision,
+            "threads": torch.get_num_threads(), "repeats": repeats, "mixed_precision": autocast_enabled(device, mixed_precision),
             "statistic": statistic}
 
 

@@ -9,6 +9,7 @@ device for its duration and back (:func:`on_device`), and batches follow the net
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 
 import torch
@@ -56,6 +57,42 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return torch.device("mps", 0) if name == "mps" else torch.device(name)
 
 
+CPU_AUTOCAST_VARIABLE = "PRUNE_ENV_CPU_AUTOCAST"
+"""``auto`` (default): bfloat16 autocast on CPUs with native bfloat16 only; ``on`` or ``off`` forces it."""
+
+
+def cpu_has_native_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX). Elsewhere torch emulates
+    it: VGG16 inference in autocast ran 30x slower than float32 on an AVX2 host (BENCHMARKS.md)."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)
+
+
+def autocast_enabled(device: torch.device, requested: bool = True) -> bool:
+    """Whether a request for autocast on ``device`` is honoured: always on GPUs; on the CPU
+    where bfloat16 is native, or as :data:`CPU_AUTOCAST_VARIABLE` says."""
+    if not requested or device.type != "cpu":
+        return requested
+    setting = os.environ.get(CPU_AUTOCAST_VARIABLE, "auto").strip().lower()
+    if setting not in ("auto", "on", "off"):
+        raise ValueError(f"{CPU_AUTOCAST_VARIABLE}={setting!r}: use auto, on or off")
+    return cpu_has_native_bfloat16() if setting == "auto" else setting == "on"
+
+
+@contextlib.contextmanager
+def cpu_autocast_setting(setting: str) -> Iterator[None]:
+    """:data:`CPU_AUTOCAST_VARIABLE` set to ``setting`` inside the block (to measure both precisions)."""
+    before = os.environ.get(CPU_AUTOCAST_VARIABLE)
+    os.environ[CPU_AUTOCAST_VARIABLE] = setting
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(CPU_AUTOCAST_VARIABLE, None)
+        else:
+            os.environ[CPU_AUTOCAST_VARIABLE] = before
+
+
 def autocast_dtype(device: torch.device) -> torch.dtype:
     """The low precision autocast uses on ``device``: bfloat16 on the CPU (fast with AMX)
     and on CUDA GPUs that support it, float16 on older GPUs and on MPS."""
@@ -67,13 +104,14 @@ def autocast_dtype(device: torch.device) -> torch.dtype:
 
 
 def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
-    """Mixed-precision autocast suited to ``device`` (a no-op when not ``enabled``)."""
-    return torch.autocast(device.type, dtype=autocast_dtype(device), enabled=enabled)
+    """Mixed-precision autocast suited to ``device``: a no-op when not ``enabled``, and on a
+    CPU without native bfloat16 (:func:`autocast_enabled`)."""
+    return torch.autocast(device.type, dtype=autocast_dtype(device), enabled=autocast_enabled(device, enabled))
 
 
 def needs_grad_scaler(device: torch.device, enabled: bool) -> bool:
     """Whether training in autocast on ``device`` needs loss scaling (float16 only)."""
-    return enabled and autocast_dtype(device) == torch.float16
+    return autocast_enabled(device, enabled) and autocast_dtype(device) == torch.float16
 
 
 def synchronizer(device: torch.device) -> Callable[[], None]:

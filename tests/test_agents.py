@@ -110,6 +110,7 @@ def test_train_agent_script_runs_and_resumes(isolated_home, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["episodes"] == 16 and report["policy"] == "reinforce"
     assert report["device"] == str(resolve_device("auto"))  # the scripts' --device default
+    assert report["eval_autocast"] is False  # the CartPole policy evaluates in float32 everywhere
     assert abs(report["flops_pruned"] / report["flops_base"] - 0.5) <= 0.01
     assert (out / "pruned_model.pt").exists() and (out / "tensorboard").is_dir()
 

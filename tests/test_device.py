@@ -3,14 +3,21 @@ back where they were after work on the target's device."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from target_models.device import (
+    CPU_AUTOCAST_VARIABLE,
     DeviceUnavailableError,
+    autocast,
     autocast_dtype,
+    autocast_enabled,
+    cpu_autocast_setting,
+    cpu_has_native_bfloat16,
     module_device,
     needs_grad_scaler,
     on_device,
@@ -53,6 +60,34 @@ def test_autocast_suits_the_device():
     assert autocast_dtype(cpu) == torch.bfloat16 and not needs_grad_scaler(cpu, True)
     assert autocast_dtype(torch.device("mps")) == torch.float16 and needs_grad_scaler(torch.device("mps"), True)
     assert not needs_grad_scaler(torch.device("mps"), False)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_autocast_only_where_bfloat16_is_native(monkeypatch, native):
+    """On a CPU that emulates bfloat16 (AVX2 only) autocast is 30x slower than float32, so
+    ``auto`` leaves it off there; ``on`` and ``off`` force it; GPUs are not affected."""
+    import target_models.device as device_module
+
+    monkeypatch.setattr(device_module, "cpu_has_native_bfloat16", lambda: native)
+    monkeypatch.delenv(CPU_AUTOCAST_VARIABLE, raising=False)
+    cpu, layer, x = torch.device("cpu"), nn.Linear(4, 4), torch.randn(2, 4)
+    assert autocast_enabled(cpu, True) is native and autocast_enabled(cpu, False) is False
+    with autocast(cpu, True):
+        assert layer(x).dtype == (torch.bfloat16 if native else torch.float32)
+    with cpu_autocast_setting("on"), autocast(cpu, True):
+        assert layer(x).dtype == torch.bfloat16
+    with cpu_autocast_setting("off"):
+        assert not autocast_enabled(cpu, True)
+    assert CPU_AUTOCAST_VARIABLE not in os.environ  # the setting is undone after the block
+    assert autocast_enabled(torch.device("cuda"), True) and not autocast_enabled(torch.device("cuda"), False)
+    monkeypatch.setenv(CPU_AUTOCAST_VARIABLE, "fast")
+    with pytest.raises(ValueError, match="use auto, on or off"):
+        autocast_enabled(cpu, True)
+
+
+def test_the_cpu_check_reads_this_machine():
+    expected = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert cpu_has_native_bfloat16() is expected
 
 
 def test_training_and_measuring_leave_the_network_where_it_was():
