@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import signal
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
 
@@ -123,8 +123,8 @@ MISTAKES = [
 
 @pytest.fixture(scope="module")
 def mistakes(tmp_path_factory) -> tuple[Path, Path, dict[str, subprocess.CompletedProcess]]:
-    """Every mistake run at once (two at a time per core): the scratch folder, the home
-    folder and each command's result."""
+    """Every mistake run in its own process, forked from one interpreter that imported torch
+    once (``tests/fork_scripts.py``): the scratch folder, the home folder and each command's result."""
     w = tmp_path_factory.mktemp("mistakes")
     home = tmp_path_factory.mktemp("home")
     (w / "file.txt").write_text("x")
@@ -139,12 +139,13 @@ def mistakes(tmp_path_factory) -> tuple[Path, Path, dict[str, subprocess.Complet
     (w / "typo.yaml").write_text("env:\n  flops_budgte: 0.4\n")
     (w / "wrong_type.yaml").write_text("env:\n  min_keep: lots\n")
 
-    def run(command: list[str]) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, *(a.format(w=w) for a in command)], cwd=REPO,
-                              env=script_env(home), capture_output=True, text=True, timeout=300)
-
-    with ThreadPoolExecutor(max_workers=2 * (os.cpu_count() or 1)) as pool:
-        results = dict(zip([m[0] for m in MISTAKES], pool.map(run, [m[1] for m in MISTAKES]), strict=True))
+    commands = [[name, [a.format(w=w) for a in command]] for name, command, _ in MISTAKES]
+    ran = subprocess.run([sys.executable, str(REPO / "tests" / "fork_scripts.py")], cwd=REPO, env=script_env(home),
+                         input=json.dumps(commands), capture_output=True, text=True, timeout=600)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    results = {name: subprocess.CompletedProcess(command, *outcome)
+               for (name, command), outcome in zip(commands, (json.loads(ran.stdout)[n] for n, _ in commands),
+                                                   strict=True)}
     return w, home, results
 
 

@@ -99,6 +99,7 @@ def _table(out) -> pd.DataFrame:
     return runs.drop(columns=[c for c in runs if c in TIMED]).reset_index(drop=True)
 
 
+@pytest.mark.slow  # about 35 s; the Ray run and the Ray sweeps keep Ray in the default run
 def test_compare_through_ray_tasks_gives_the_serial_tables(pretrained_cartpole, local_ray, tmp_path):
     target = get_target("cartpole_policy")
     config = _small_config()
