@@ -9,6 +9,7 @@ device for its duration and back (:func:`on_device`), and batches follow the net
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable, Iterator
 
@@ -61,9 +62,10 @@ CPU_AUTOCAST_VARIABLE = "PRUNE_ENV_CPU_AUTOCAST"
 """``auto`` (default): bfloat16 autocast on CPUs with native bfloat16 only; ``on`` or ``off`` forces it."""
 
 
+@functools.cache  # asked on every autocast entry; the CPU does not change
 def cpu_has_native_bfloat16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX). Elsewhere torch emulates
-    it: VGG16 inference in autocast ran 30x slower than float32 on an AVX2 host (BENCHMARKS.md)."""
+    it: VGG16 validation in autocast ran 22x slower than float32 on an AVX2 host (BENCHMARKS.md)."""
     checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     return any(check() for check in checks if check is not None)
 
