@@ -134,6 +134,19 @@ def test_a_config_file_may_set_null_and_nest_agent_sections(tmp_path):
     assert "agent" not in load_config("cartpole_policy", None, file)
 
 
+def test_a_target_config_sets_one_agent_kind_and_a_config_file_overrides_it(tmp_path):
+    """vgg16_cifar10.yaml gives the channel agents width noise (measured best there) and no
+    other agent kind or target; a --config file still has the last word."""
+    assert load_config("vgg16_cifar10", "reinforce_channels")["agent"]["width_noise"] == 1.0
+    assert load_config("cnn_cifar10", "reinforce_channels")["agent"]["width_noise"] == 0.0
+    for kind in ("ppo", "reinforce", "evolution"):  # cnn_cifar10.yaml has no agent section
+        assert load_config("vgg16_cifar10", kind)["agent"] == load_config("cnn_cifar10", kind)["agent"]
+    assert "agent" not in load_config("vgg16_cifar10")
+    file = tmp_path / "quiet.yaml"
+    file.write_text("agent:\n  reinforce_channels: {width_noise: 0.0}\n")
+    assert load_config("vgg16_cifar10", "reinforce_channels", file)["agent"]["width_noise"] == 0.0
+
+
 @pytest.mark.parametrize("text, agent, message", [
     ("env:\n  flops_budgte: 0.4\n", None,
      "unknown key 'flops_budgte' in section env; valid keys: flops_budget, reward, criterion, min_keep"),
